@@ -1,0 +1,145 @@
+"""Command line of ``run_bench.py``: flags -> grid -> runner -> tables and figures."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.errors import BenchInputError
+
+log = logging.getLogger("bench")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise BenchInputError(message)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BenchInputError(f"{flag} {text!r}: expected integers separated by commas") from None
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds 3`` means seeds 0,1,2; ``--seeds 0,4`` lists them."""
+    values = _int_list(text, "--seeds")
+    if "," not in text and len(values) == 1:
+        if values[0] < 1:
+            raise BenchInputError(f"--seeds {text!r}: a count must be at least 1")
+        return list(range(values[0]))
+    return values
+
+
+def _classes(text: str) -> list[list[int]]:
+    """``2,6`` forgets 2 and 6 in separate cells; ``2+6`` forgets both at once."""
+    return [_int_list(part.replace("+", ","), "--classes") for part in text.split(",")
+            if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="run_bench.py", description=__doc__)
+    p.add_argument("--grid", default="quick", help="built-in grid name or a .yaml grid file")
+    p.add_argument("--methods", help="comma-separated method labels to compute (default: grid's)")
+    p.add_argument("--seeds", help="a count N (seeds 0..N-1) or a list like 0,1,2")
+    p.add_argument("--classes", help="forget classes: 2,6 (one cell each) or 2+6 (together)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel cells (joblib)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="a Python file registering extra methods (repeatable)")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets' files")
+    p.add_argument("--download", action="store_true", help="let torchvision fetch datasets")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--plots-dir", type=Path, default=Path("plots"))
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="trained-model cache (default: <results-dir>/.model_cache)")
+    p.add_argument("--list-methods", action="store_true", help="list registered methods and exit")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render tables and figures from stored records")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return requested
+    if requested.startswith("cuda"):
+        index = requested.partition(":")[2]
+        if not torch.cuda.is_available():
+            raise BenchInputError(f"--device {requested!r}: no CUDA device here; allowed: cpu")
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise BenchInputError(f"--device {requested!r}: allowed cuda:0.."
+                                  f"cuda:{torch.cuda.device_count() - 1}")
+        return requested
+    raise BenchInputError(f"--device {requested!r}: allowed cpu, cuda, cuda:N")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BenchInputError as exc:
+        print(f"run_bench.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from methods import PluginError, get_method, list_methods, load_plugins
+
+    try:
+        load_plugins(args.plugin)
+    except PluginError as exc:
+        raise BenchInputError(str(exc)) from None
+    if args.list_methods:
+        for name in list_methods():
+            doc = (get_method(name).__doc__ or "").strip().splitlines()
+            print(f"{name:16s} {doc[0] if doc else ''}")
+        return 0
+    if args.jobs < 1:
+        raise BenchInputError(f"--jobs {args.jobs}: must be at least 1")
+
+    from bench import grids, render, runner
+
+    grid = grids.load_grid(args.grid)
+    if args.render_only:
+        written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
+        log.info("rendered %d files", len(written))
+        return 0
+    grid = grids.narrow(
+        grid, methods=[m for m in args.methods.split(",") if m] if args.methods else None,
+        seeds=_seeds(args.seeds) if args.seeds else None,
+        classes=_classes(args.classes) if args.classes else None)
+    if args.dry_run:
+        cells, pending = runner.pending_cells(grid, args.results_dir)
+        todo = {c.key for c in pending}
+        for cell in cells:
+            print(f"{'todo' if cell.key in todo else 'done'}  {cell.key}")
+        print(f"{len(cells)} cells, {len(pending)} to run")
+        return 0
+    device = _device(args.device)
+    for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
+        runner._dataset(exp.dataset, args.data_root, args.download, exp.split_seed)
+    cfg = runner.RunConfig(
+        results_dir=args.results_dir, cache_dir=args.cache_dir or args.results_dir / ".model_cache",
+        data_root=args.data_root, download=args.download, device=device, jobs=args.jobs,
+        threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0,
+        plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
+        git_commit=runner.git_commit(REPO))
+    start = time.perf_counter()
+    ran, failed = runner.run_grid(grid, cfg)
+    written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
+    log.info("%d cells run (%d failed) in %.1fs; wrote %s", ran, failed,
+             time.perf_counter() - start, ", ".join(str(p) for p in written[:3]) + ", ...")
+    return 1 if failed else 0

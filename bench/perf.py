@@ -1,0 +1,294 @@
+"""Performance benchmarks: ``python -m bench.perf fisher [--samples 256] [--batch 64] [--model resnet18]``.
+
+Each engine runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own
+and no engine warms caches or allocator pools for another. A worker builds the same model
+(seed 0) and data (seed 1), does an untimed warm-up, then times one pass over its samples.
+Slow reference engines time fewer samples (``--ref-samples``); every number is per sample.
+Agreement is checked against our exact Fisher on the reference engines' samples.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+IN_CHANNELS = 1
+WARMUP_SAMPLES = 8
+
+# engine -> (pip package that provides it, or None for ours; which samples it times)
+ENGINES: dict[str, tuple[str | None, str]] = {
+    "ours-exact": (None, "all"),
+    "ours-mc": (None, "all"),
+    "train-step": (None, "all"),
+    "nngeometry": ("nngeometry", "ref"),
+    "backpack-exact": ("backpack-for-pytorch", "ref"),
+    "backpack-mc": ("backpack-for-pytorch", "ref"),
+}
+_MODULES = {"nngeometry": "nngeometry", "backpack-for-pytorch": "backpack"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fisher = commands.add_parser("fisher", help="diagonal Fisher engines on one model")
+    fisher.add_argument("--samples", type=int, default=256, help="samples for our engines")
+    fisher.add_argument("--batch", type=int, default=64, help="loader batch size")
+    fisher.add_argument("--model", default="resnet18",
+                        help="architecture from bench.models (1-channel 28x28 inputs)")
+    fisher.add_argument("--ref-samples", type=int, default=32,
+                        help="samples for the slow reference engines (nngeometry, BackPACK)")
+    fisher.add_argument("--engines", default=",".join(ENGINES),
+                        help=f"comma-separated subset of {', '.join(ENGINES)}")
+    fisher.add_argument("--worker", help=argparse.SUPPRESS)
+    fisher.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.batch < 1 or args.ref_samples < 1:
+        parser.error("--samples, --batch and --ref-samples must be positive")
+    if args.worker:
+        return _worker(args)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        parser.error(f"unknown engine {', '.join(map(repr, unknown))}; "
+                     f"allowed: {', '.join(ENGINES)}")
+    from bench.models import check_arch
+
+    check_arch(args.model)
+    return _compare(args, engines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: run each engine in its own process and report
+
+
+def _compare(args: argparse.Namespace, engines: list[str]) -> int:
+    ref_samples = min(args.ref_samples, args.samples)
+    print(f"diagonal Fisher benchmark: {args.model}, {IN_CHANNELS}x{IMAGE_SIZE}x{IMAGE_SIZE} "
+          f"random inputs, {NUM_CLASSES} classes, batch {args.batch}; ours on {args.samples} "
+          f"samples, reference engines on {ref_samples}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average at start {_load()}")
+    print("time: wall clock of one pass after a warm-up, per sample; peak RSS: ru_maxrss of "
+          "the engine's own process (includes ~Python+torch+model+data, shown as 'setup')")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in engines:
+            package = ENGINES[engine][0]
+            if package and importlib.util.find_spec(_MODULES[package]) is None:
+                print(f"  {engine:15s} skipped: {package} is not installed "
+                      f"(pip install {package})")
+                continue
+            out = Path(tmp) / f"{engine}.pt"
+            command = [sys.executable, "-m", "bench.perf", "fisher", "--worker", engine,
+                       "--out", str(out), "--samples", str(args.samples), "--batch",
+                       str(args.batch), "--model", args.model, "--ref-samples",
+                       str(ref_samples)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                print(f"  {engine:15s} FAILED: {' | '.join(tail)}")
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["fisher"] = torch.load(out) if out.exists() else None
+            results[engine] = result
+            print(f"  {engine:15s} {result['ms_per_sample']:9.1f} ms/sample on "
+                  f"{result['samples']:4d} samples   peak RSS {result['peak_mib']:7.0f} MiB "
+                  f"(setup {result['setup_mib']:5.0f} MiB)", flush=True)
+        reference = (Path(tmp) / "ours-exact.pt.ref")
+        exact_ref = torch.load(reference) if reference.exists() else None
+    _report(results, exact_ref)
+    print(f"load average at end {_load()}")
+    return 0
+
+
+def _report(results: dict[str, dict[str, Any]], exact_ref: dict[str, torch.Tensor] | None
+            ) -> None:
+    if exact_ref is not None:
+        print("agreement with our exact Fisher on the reference samples "
+              "(max |diff| / max |ours|; MC engines are estimates, expect O(1)):")
+        for engine, result in results.items():
+            if engine in ("ours-exact", "train-step") or result["fisher"] is None:
+                continue
+            print(f"  {engine:15s} relative error {_relative_error(result['fisher'], exact_ref):.2e}")
+    ours = results.get("ours-exact")
+    if ours is not None:
+        for engine in ("nngeometry", "backpack-exact", "backpack-mc"):
+            if engine in results:
+                ratio = results[engine]["ms_per_sample"] / ours["ms_per_sample"]
+                print(f"speed-up of ours-exact over {engine}: {ratio:.1f}x")
+    mc, step = results.get("ours-mc"), results.get("train-step")
+    if mc is not None and step is not None:
+        print(f"ours-mc costs {mc['ms_per_sample'] / step['ms_per_sample']:.2f}x a plain "
+              f"training step ({step['ms_per_sample']:.1f} ms/sample: forward + backward of "
+              f"cross-entropy on the same batches, train mode)")
+
+
+def _relative_error(values: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    if set(values) != set(ref):
+        return float("nan")
+    diff = max(float((values[n] - ref[n]).abs().max()) for n in ref)
+    return diff / max(float(ref[n].abs().max()) for n in ref)
+
+
+def _load() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: one engine, one process
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from bench.models import build_model
+
+    engine = args.worker
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=NUM_CLASSES, in_channels=IN_CHANNELS,
+                        image_size=IMAGE_SIZE).eval()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(args.samples, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    y = torch.randint(0, NUM_CLASSES, (args.samples,), generator=generator)
+    n = args.samples if ENGINES[engine][1] == "all" else min(args.ref_samples, args.samples)
+    setup = _peak_mib()
+    run = _ENGINE_RUNNERS[engine](model)
+    run(x[:WARMUP_SAMPLES], y[:WARMUP_SAMPLES], args.batch)
+    start = time.perf_counter()
+    fisher = run(x[:n], y[:n], args.batch)
+    seconds = time.perf_counter() - start
+    if fisher is not None:
+        torch.save(fisher, args.out)
+    if engine == "ours-exact":
+        # Untimed: the Fisher on the reference engines' samples, to check their agreement.
+        ref_n = min(args.ref_samples, args.samples)
+        torch.save(run(x[:ref_n], y[:ref_n], args.batch), args.out + ".ref")
+    print(json.dumps({"engine": engine, "samples": n, "ms_per_sample": 1e3 * seconds / n,
+                      "peak_mib": _peak_mib(), "setup_mib": setup}))
+    return 0
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, ...]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor, int], "dict[str, torch.Tensor] | None"]
+
+
+def _ours(kind: str) -> Callable[[nn.Module], Runner]:
+    def prepare(model: nn.Module) -> Runner:
+        from methods.fisher import diagonal_fisher
+
+        def run(x: torch.Tensor, y: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+            return diagonal_fisher(model, _batches(x, y, batch), kind=kind,
+                                   generator=torch.Generator().manual_seed(2))
+
+        return run
+
+    return prepare
+
+
+def _train_step(model: nn.Module) -> Runner:
+    def run(x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        model.train()
+        for xb, yb in _batches(x, y, batch):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+    return run
+
+
+def _nngeometry(model: nn.Module) -> Runner:
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatDiag
+    from torch.utils.data import DataLoader, TensorDataset
+
+    options: dict[str, Any] = {"variant": "classif_logits"}
+    if "n_output" in inspect.signature(FIM).parameters:  # nngeometry < 0.4 needs it
+        options["n_output"] = NUM_CLASSES
+    layers = LayerCollection.from_model(model)
+    params = dict(model.named_parameters())
+
+    def run(x: torch.Tensor, y: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+        diag = FIM(model=model, loader=loader, representation=PMatDiag,
+                   layer_collection=layers, **options).get_diag()
+        # nngeometry orders its flat diagonal by layer, weight before bias.
+        fisher, offset = {}, 0
+        for layer_name in layers.layers:
+            for attr in ("weight", "bias"):
+                name = f"{layer_name}.{attr}"
+                if name in params:
+                    size = params[name].numel()
+                    fisher[name] = diag[offset:offset + size].view_as(params[name])
+                    offset += size
+        return fisher
+
+    return run
+
+
+def _backpack(extension: str) -> Callable[[nn.Module], Runner]:
+    def prepare(model: nn.Module) -> Runner:
+        import backpack
+        from backpack import extensions
+
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False  # BackPACK's backward hooks reject in-place outputs
+        # The converter turns functional residual additions into modules BackPACK knows.
+        extended = backpack.extend(model, use_converter=True)
+        loss_fn = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))
+        attr = "diag_ggn_exact" if extension == "DiagGGNExact" else "diag_ggn_mc"
+
+        def run(x: torch.Tensor, y: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+            sums: dict[str, torch.Tensor] = {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # full-backward-hook notices, once per batch
+                for xb, yb in _batches(x, y, batch):
+                    extended.zero_grad(set_to_none=True)
+                    with backpack.backpack(getattr(extensions, extension)()):
+                        loss_fn(extended(xb), yb).backward()
+                    for name, p in extended.named_parameters():
+                        sums[name] = sums.get(name, 0) + getattr(p, attr).detach()
+            extended.zero_grad(set_to_none=True)
+            return {name: total / len(x) for name, total in sums.items()}
+
+        return run
+
+    return prepare
+
+
+_ENGINE_RUNNERS: dict[str, Callable[[nn.Module], Runner]] = {
+    "ours-exact": _ours("exact"),
+    "ours-mc": _ours("mc"),
+    "train-step": _train_step,
+    "nngeometry": _nngeometry,
+    "backpack-exact": _backpack("DiagGGNExact"),
+    "backpack-mc": _backpack("DiagGGNMC"),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

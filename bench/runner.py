@@ -1,0 +1,318 @@
+"""Turns a grid into cells, runs the missing ones (in parallel) and appends their records."""
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.cache import ModelCache, content_key
+from bench.data import ImageData, class_indices, load_dataset, make_loader
+from bench.grids import Experiment, Grid, resolve_params
+from bench.metrics import accuracy, evaluate_splits, predict_logits
+from bench.models import build_model
+from bench.store import append_record, read_records, repair_tail
+from bench.training import RECIPE_VERSION, train_model
+from methods import UnlearningTask, get_method, load_plugins
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    results_dir: Path
+    cache_dir: Path
+    data_root: str | None = None
+    download: bool = False
+    device: str = "cpu"
+    jobs: int = 1
+    threads: int = 0            # torch threads per worker; 0 = torch's default
+    plugins: tuple[str, ...] = ()  # re-imported in worker processes
+    git_commit: str = "unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    experiment: Experiment
+    forget_classes: tuple[int, ...]
+    label: str                   # a grid method label, or "original"
+    method: str                  # the registered method ("original" for the initial model)
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes_text(self) -> str:
+        return "+".join(map(str, self.forget_classes))
+
+    @property
+    def key(self) -> str:
+        e = self.experiment
+        return f"{e.dataset}/{e.arch}/{self.classes_text}/{self.label}/{self.seed}"
+
+    @property
+    def config_hash(self) -> str:
+        e = self.experiment
+        return content_key({"train": e.train.as_dict(), "split_seed": e.split_seed,
+                            "method": self.method, "params": self.params,
+                            "recipe_version": RECIPE_VERSION})
+
+
+def grid_cells(grid: Grid) -> list[Cell]:
+    cells = []
+    for exp in grid.experiments:
+        for classes in exp.forget_classes:
+            for seed in grid.seeds:
+                cells.append(Cell(experiment=exp, forget_classes=classes, label="original",
+                                  method="original", seed=seed))
+                for spec in grid.methods:
+                    cells.append(Cell(experiment=exp, forget_classes=classes, label=spec.label,
+                                      method=spec.method, seed=seed,
+                                      params=resolve_params(grid, exp, spec.label)))
+    return cells
+
+
+def runs_path(results_dir: Path, grid_name: str) -> Path:
+    return results_dir / grid_name / "runs.jsonl"
+
+
+def pending_cells(grid: Grid, results_dir: Path) -> tuple[list[Cell], list[Cell]]:
+    """(all cells, cells without a record made under their current configuration)."""
+    done = {(r["cell"], r["config_hash"]) for r in read_records(runs_path(results_dir, grid.name))}
+    cells = grid_cells(grid)
+    return cells, [c for c in cells if (c.key, c.config_hash) not in done]
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, root: str | None, download: bool, split_seed: int) -> ImageData:
+    return load_dataset(name, root=root, download=download, split_seed=split_seed)
+
+
+def _model_factory(exp: Experiment, data: ImageData):
+    return functools.partial(build_model, exp.arch, num_classes=data.num_classes,
+                             in_channels=data.in_channels, image_size=data.image_size)
+
+
+def _train_spec(exp: Experiment, seed: int) -> dict[str, Any]:
+    return {"dataset": exp.dataset, "split_seed": exp.split_seed, "arch": exp.arch,
+            "train": exp.train.as_dict(), "seed": seed, "recipe_version": RECIPE_VERSION}
+
+
+def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
+                     indices, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
+    """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
+    cache = ModelCache(cfg.cache_dir)
+    key = content_key(spec)
+    model = _model_factory(exp, data)()
+    meta = cache.load(key, model)
+    if meta is None:
+        device = torch.device(cfg.device)
+        torch.manual_seed(seed)
+        model = _model_factory(exp, data)()
+        loader = make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
+                             seed=seed, device=device)
+        start = time.perf_counter()
+        train_model(model, loader, exp.train, device=device)
+        meta = {"spec": spec, "train_s": time.perf_counter() - start}
+        cache.save(key, model, meta)
+        log.info("trained %s in %.1fs (cache %s)", spec.get("kind", "model"), meta["train_s"], key)
+    return model.to(cfg.device).eval(), meta
+
+
+def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
+    data = _dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+    spec = {"kind": "original", **_train_spec(exp, seed)}
+    return _cached_training(spec=spec, exp=exp, data=data, seed=seed, cfg=cfg,
+                            indices=torch.arange(len(data.train_targets)).numpy())
+
+
+def _prepare_worker(cfg: RunConfig) -> None:
+    """Worker processes start bare: set their thread count and register the user's plugins."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    load_plugins(cfg.plugins, use_entry_points=False)
+
+
+def train_original(exp: Experiment, seed: int, cfg: RunConfig) -> None:
+    _prepare_worker(cfg)
+    ensure_original(exp, seed, cfg)
+
+
+def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curves: bool,
+                curve: list[dict[str, Any]], eval_seconds: list[float]) -> UnlearningTask:
+    """Hand the method exactly what its ``needs`` declares, nothing more."""
+    exp, device, seed = cell.experiment, torch.device(cfg.device), cell.seed
+    needs = cls.needs
+
+    def loader(include: bool):
+        indices = class_indices(data.train_targets, cell.forget_classes, include=include)
+        return make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
+                           seed=seed, device=device)
+
+    factory = _model_factory(exp, data)
+    test_sets = _test_loaders(data, cell.forget_classes, device)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        # Curves only: its time is taken out of the method's time_s.
+        start = time.perf_counter()
+        was_training = model.training
+        out = {f"acc_{name}": accuracy(*predict_logits(model, ld, device=device))
+               for name, ld in test_sets.items()}
+        model.train(was_training)
+        eval_seconds.append(time.perf_counter() - start)
+        return out
+
+    return UnlearningTask(
+        forget_classes=cell.forget_classes, num_classes=data.num_classes,
+        forget_loader=loader(True) if "forget" in needs else None,
+        retain_loader=loader(False) if "retain" in needs else None,
+        device=device, seed=seed,
+        make_model=(lambda: factory().to(device)) if "architecture" in needs else None,
+        train_model=((lambda m, ld: train_model(m, ld, exp.train, device=device))
+                     if "architecture" in needs else None),
+        log=lambda **values: curve.append(values),
+        evaluate=evaluate if curves else None,
+    )
+
+
+def _test_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device) -> dict:
+    return {
+        f"{part}_test": make_loader(data.test, class_indices(data.test_targets, forget,
+                                                              include=part == "forget"),
+                                    batch_size=EVAL_BATCH, shuffle=False, device=device)
+        for part in ("forget", "retain")
+    }
+
+
+def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: RunConfig,
+             curves: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Run the cell's method on a copy of the original; returns (model, timing/curve fields)."""
+    cls = get_method(cell.method)
+    curve: list[dict[str, Any]] = []
+    eval_seconds: list[float] = []
+    task = _build_task(cell, cls, data, cfg=cfg, curves=curves, curve=curve,
+                       eval_seconds=eval_seconds)
+    cache_key = None
+    if getattr(cls, "cache_model", False):
+        cache_key = content_key({"kind": cell.method, "params": cell.params,
+                                 "forget_classes": cell.forget_classes,
+                                 **_train_spec(cell.experiment, cell.seed)})
+        model = _model_factory(cell.experiment, data)()
+        meta = ModelCache(cfg.cache_dir).load(cache_key, model)
+        if meta is not None:
+            return model.to(cfg.device).eval(), meta["fields"]
+    torch.manual_seed(cell.seed)
+    method = cls(**cell.params)
+    start = time.perf_counter()
+    model = method.unlearn(copy.deepcopy(original), task)
+    if cfg.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start - sum(eval_seconds)
+    fields = {"time_s": elapsed, "timings": dict(task.timings), "curve": curve}
+    if cache_key is not None:
+        ModelCache(cfg.cache_dir).save(cache_key, model, {"fields": fields})
+    return model.eval(), fields
+
+
+def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
+    """One cell end to end; failures come back as an error record instead of raising."""
+    _prepare_worker(cfg)
+    base = {"cell": cell.key, "config_hash": cell.config_hash, "dataset": cell.experiment.dataset,
+            "arch": cell.experiment.arch, "forget_classes": cell.classes_text,
+            "method": cell.label, "registered_method": cell.method, "seed": cell.seed,
+            "params": cell.params, "train": cell.experiment.train.as_dict(),
+            "split_seed": cell.experiment.split_seed}
+    try:
+        exp = cell.experiment
+        data = _dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+        original, meta = ensure_original(exp, cell.seed, cfg)
+        if cell.method == "original":
+            model, fields = original, {"time_s": meta["train_s"], "timings": {}, "curve": []}
+        else:
+            model, fields = _unlearn(cell, original, data, cfg=cfg, curves=curves)
+        device = torch.device(cfg.device)
+        train_sets = {
+            f"{part}_train": make_loader(
+                data.train, class_indices(data.train_targets, cell.forget_classes,
+                                          include=part == "forget"),
+                batch_size=EVAL_BATCH, shuffle=False, device=device)
+            for part in ("forget", "retain")}
+        metrics = evaluate_splits(model, device=device, seed=cell.seed,
+                                  **train_sets, **_test_loaders(data, cell.forget_classes, device))
+        return {**base, **metrics, **fields, **_provenance(cfg)}
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
+        return {**base, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), **_provenance(cfg)}
+
+
+def _provenance(cfg: RunConfig) -> dict[str, Any]:
+    import sklearn
+    import torchvision
+
+    return {"device": cfg.device, "git_commit": cfg.git_commit, "host": platform.node(),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__,
+                         "scikit-learn": sklearn.__version__}}
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout
+        return out + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _parallel(jobs: int):
+    from joblib import Parallel
+
+    return Parallel(n_jobs=jobs, return_as="generator_unordered")
+
+
+def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
+    """Compute every missing cell; returns (cells run, cells failed)."""
+    from joblib import delayed
+
+    out = runs_path(cfg.results_dir, grid.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    repair_tail(out)
+    cells, pending = pending_cells(grid, cfg.results_dir)
+    log.info("grid %s: %d cells, %d already done, %d to run", grid.name, len(cells),
+             len(cells) - len(pending), len(pending))
+    if not pending:
+        return 0, 0
+    # Originals first, once each, so parallel cells never train the same model twice.
+    originals = {content_key(_train_spec(c.experiment, c.seed)): (c.experiment, c.seed)
+                 for c in pending}
+    if cfg.jobs > 1 and len(originals) > 1:
+        list(_parallel(cfg.jobs)(delayed(train_original)(e, s, cfg)
+                                 for e, s in originals.values()))
+    failed = 0
+    errors = out.with_name("errors.jsonl")
+    results = (_parallel(cfg.jobs)(delayed(run_cell)(c, cfg, curves=grid.curves) for c in pending)
+               if cfg.jobs > 1 else (run_cell(c, cfg, curves=grid.curves) for c in pending))
+    for done, record in enumerate(results, 1):
+        if "error" in record:
+            failed += 1
+            append_record(errors, record)
+            log.error("[%d/%d] %s failed: %s", done, len(pending), record["cell"], record["error"])
+            continue
+        append_record(out, record)
+        log.info("[%d/%d] %s: A_Df %.1f A_Dr %.1f MIA %.1f (%.1fs)", done, len(pending),
+                 record["cell"], record["acc_forget_test"], record["acc_retain_test"],
+                 record["mia"], record["time_s"])
+    return len(pending), failed

@@ -1,0 +1,95 @@
+"""Paper-style tables from ``summary``: rows dataset > model > class, an (A_Df, A_Dr) pair per method."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.aggregate import label, method_order
+
+PAIR = ("acc_forget_test", "acc_retain_test")
+
+
+def _cell(mean: float, std: float, *, latex: bool) -> str:
+    if math.isnan(mean):
+        return "--"
+    if math.isnan(std):
+        return f"{mean:.2f}"
+    sep = r"$\pm$" if latex else " ± "
+    return f"{mean:.2f}{sep}{std:.2f}"
+
+
+def _rows(summary: pd.DataFrame):
+    """(dataset, arch, classes, {method: row}) in table order."""
+    for (dataset, arch, classes), block in summary.groupby(
+            ["dataset", "arch", "forget_classes"], sort=False):
+        yield dataset, arch, classes, {r["method"]: r for _, r in block.iterrows()}
+
+
+def _values(by_method: dict, methods: list[str], *, latex: bool) -> list[str]:
+    out = []
+    for method in methods:
+        row = by_method.get(method)
+        for metric in PAIR:
+            out.append("--" if row is None else
+                       _cell(row[f"{metric}_mean"], row[f"{metric}_std"], latex=latex))
+    return out
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    methods = method_order(summary["method"])
+    head = ["Dataset", "Model", "Classes"] + [
+        f"{label('method', m)} {a}" for m in methods for a in ("A_Df", "A_Dr")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset, arch, classes, by_method in _rows(summary):
+        cells = [label("dataset", dataset), label("arch", arch), f"Class-{classes}",
+                 *_values(by_method, methods, latex=False)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#",
+                  "_": r"\_", "$": r"\$", "{": r"\{", "}": r"\}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(summary: pd.DataFrame) -> str:
+    """A booktabs ``tabular`` (needs \\usepackage{booktabs,multirow}) laid out like the paper."""
+    methods = method_order(summary["method"])
+    ncols = 3 + 2 * len(methods)
+    lines = [r"% requires \usepackage{booktabs} and \usepackage{multirow}",
+             r"\begin{tabular}{lll" + "cc" * len(methods) + "}", r"\toprule",
+             "Dataset & Model & Classes & " + " & ".join(
+                 rf"\multicolumn{{2}}{{c}}{{{latex_escape(label('method', m))}}}"
+                 for m in methods) + r" \\",
+             " ".join(rf"\cmidrule(lr){{{4 + 2 * i}-{5 + 2 * i}}}" for i in range(len(methods))),
+             " & & & " + " & ".join([r"$A_{D_f}$ & $A_{D_r}$"] * len(methods)) + r" \\",
+             r"\midrule"]
+    rows = list(_rows(summary))
+    span = {}
+    for dataset, arch, _, _ in rows:
+        span[dataset] = span.get(dataset, 0) + 1
+        span[(dataset, arch)] = span.get((dataset, arch), 0) + 1
+    previous: tuple[str, str] | None = None
+    for dataset, arch, classes, by_method in rows:
+        first_of_dataset = previous is None or previous[0] != dataset
+        first_of_arch = first_of_dataset or previous[1] != arch
+        if previous is not None and first_of_dataset:
+            lines.append(r"\midrule")
+        elif previous is not None and first_of_arch:
+            lines.append(rf"\cmidrule(lr){{2-{ncols}}}")
+        dataset_name = latex_escape(label("dataset", dataset))
+        arch_name = latex_escape(label("arch", arch))
+        dataset_text = (rf"\multirow{{{span[dataset]}}}{{*}}{{{dataset_name}}}"
+                        if first_of_dataset else "")
+        arch_text = (rf"\multirow{{{span[(dataset, arch)]}}}{{*}}{{{arch_name}}}"
+                     if first_of_arch else "")
+        cells = [dataset_text, arch_text, f"Class-{classes}",
+                 *_values(by_method, methods, latex=True)]
+        lines.append(" & ".join(cells) + r" \\")
+        previous = (dataset, arch)
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+"""Fine-tuning on the retain data (catastrophic forgetting as unlearning)."""
+from __future__ import annotations
+
+import torch
+
+from bench.training import TrainRecipe, train_model
+from methods.base import UnlearningMethod, UnlearningTask
+from methods.registry import register_method
+
+
+@register_method("finetune")
+class FineTune(UnlearningMethod):
+    """Fine-tuning: keep training the original model on retain data only.
+
+    Baseline of Golatkar et al. (CVPR 2020) and of the PBU paper. Hyperparameters (PBU paper's
+    protocol on MNIST): Adam, ``lr`` 1e-3, ``epochs`` 10, constant learning rate.
+    """
+
+    needs = frozenset({"retain"})
+
+    def __init__(self, *, lr: float = 1e-3, epochs: int = 10, optimizer: str = "adam") -> None:
+        self.recipe = TrainRecipe(lr=lr, epochs=epochs, optimizer=optimizer, schedule="none")
+
+    def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
+        return train_model(model, task.retain_loader, self.recipe, device=task.device)

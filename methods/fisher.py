@@ -1,0 +1,556 @@
+"""Diagonal Fisher information of a classifier, layer by layer from one forward pass.
+
+Why this shape: the diagonal Fisher needs *per-sample* squared gradients, and the obvious
+routes (a backward pass per sample, or vmap over the whole network) redo work that batched
+autograd already does well. Here one forward pass records each known layer's input and the
+autograd edge of its output; then one batched backward pass per "square-root" vector of the
+softmax Hessian delivers every layer's output gradient for the whole chunk at once, and a
+per-layer formula turns (input, output gradient) into summed squared per-sample parameter
+gradients without materialising per-sample gradients of the whole network.
+
+The exact Fisher of softmax cross-entropy is a GGN: with logits z and p = softmax(z),
+F = sum_n J_n^T (diag p - p p^T) J_n. That Hessian has rank C-1 (the all-ones vector is in
+its null space), so C-1 backward passes of its scaled eigenvectors give it exactly.
+
+Parameters whose layer type or use the fast path cannot prove correct (unknown modules,
+parameters owned by a container, shared or re-used weights) go through a generic
+``torch.func`` path: slower, never wrong.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.func import functional_call, vjp, vmap
+
+log = logging.getLogger(__name__)
+
+KINDS = ("exact", "mc", "empirical")
+
+# Samples per forward pass: big enough for efficient batched convolutions, small enough that
+# recorded activations, unfolded inputs and the graph stay well under 1 GiB for ResNet-18.
+_CHUNK = 32
+# Elements per block of per-sample weight gradients: 16 MiB in float32 stays in the L3 cache
+# between the matmul that writes it and the squaring that reads it back.
+_BLOCK_ELEMENTS = 1 << 22
+# The direct form's squaring pass costs about this many multiply-adds per gradient element
+# (it is memory-bound); it decides when the pairwise form wins.
+_SQUARE_COST = 32
+# Per-sample Jacobian elements per vmap call of the generic path.
+_GENERIC_ELEMENTS = 1 << 24
+
+
+def diagonal_fisher(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                    kind: str = "exact", mc_samples: int = 1,
+                    device: torch.device | str | None = None,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Mean over samples of the per-sample diagonal Fisher of a logits classifier.
+
+    ``kind``: "exact" takes the expectation over the model's own predictive distribution,
+    "mc" samples ``mc_samples`` labels per input from it (drawn with ``generator``), and
+    "empirical" uses the true labels. Returns {parameter name: tensor of its shape} for the
+    trainable parameters. The model runs in eval mode (running BatchNorm statistics, no
+    dropout); every module's train/eval flag is restored afterwards, parameters are not
+    modified and no ``.grad`` is written. ``device`` (default: the model's) receives batches.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown Fisher kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    device = _resolve_device(model, device)
+    if kind == "mc" and generator is None:
+        # A private generator whose state can be rewound if a pass has to be redone.
+        generator = torch.Generator(device="cpu").manual_seed(
+            int(torch.randint(2**62, (), dtype=torch.int64)))
+    start_state = generator.get_state() if generator is not None else None
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    slow = _statically_slow(model, params)
+    try:
+        while True:
+            try:
+                return _run(model, loader, params=params, slow=slow, kind=kind,
+                            mc_samples=mc_samples, device=device, generator=generator)
+            except _Demote as demote:
+                log.info("fast path cannot prove %s correct; using the generic path",
+                         ", ".join(sorted(demote.names)))
+                slow |= demote.names
+                if generator is not None:
+                    generator.set_state(start_state)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+class _Demote(Exception):
+    """Parameters the fast path turned out not to handle: the pass restarts without them."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__(", ".join(sorted(names)))
+        self.names = names
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    tensors = [*model.parameters(), *model.buffers()]
+    model_device = tensors[0].device if tensors else torch.device("cpu")
+    if device is None:
+        return model_device
+    device = torch.device(device)
+    if device.type != model_device.type or (
+            device.index is not None and model_device.index is not None
+            and device.index != model_device.index):
+        raise ValueError(f"device {device} differs from the model's device {model_device}; "
+                         "move the model first")
+    return device
+
+
+def _run(model: nn.Module, loader: Iterable, *, params: dict[str, nn.Parameter],
+         slow: set[str], kind: str, mc_samples: int, device: torch.device,
+         generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    sums = {name: torch.zeros_like(p, memory_format=torch.contiguous_format)
+            for name, p in params.items()}
+    count = 0
+    with _Recorder(model, params, slow) as recorder:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for start in range(0, len(x), _CHUNK):
+                xs, ys = x[start:start + _CHUNK], y[start:start + _CHUNK]
+                _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow, kind=kind,
+                                  mc_samples=mc_samples, generator=generator)
+                count += len(xs)
+    if count == 0:
+        raise ValueError("cannot compute a Fisher over an empty loader")
+    return {name: total / count for name, total in sums.items()}
+
+
+def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y: torch.Tensor,
+                      *, sums: dict[str, torch.Tensor], slow: set[str], kind: str,
+                      mc_samples: int, generator: torch.Generator | None) -> None:
+    with torch.enable_grad():
+        recorder.start()
+        logits = model(x)
+        recorder.stop()
+    if logits.ndim != 2 or logits.shape[0] != len(x):
+        raise ValueError(f"model must return logits of shape (batch, classes); got "
+                         f"{tuple(logits.shape)} for a batch of {len(x)}")
+    vectors = _output_vectors(logits.detach(), y, kind=kind, mc_samples=mc_samples,
+                              generator=generator)
+    layers = recorder.layers(logits, rank=len(vectors))
+    if layers and logits.requires_grad:
+        edges = [layer.edge for layer in layers]
+        for k, vector in enumerate(vectors):
+            grads = torch.autograd.grad(logits, edges, vector, retain_graph=k < len(vectors) - 1,
+                                        allow_unused=True)
+            for layer, grad in zip(layers, grads):
+                if grad is not None:
+                    layer.accumulate(grad)
+        for layer in layers:
+            layer.finish(sums)
+    del logits, layers
+    if slow:
+        _generic_chunk(model, sorted(slow), x, vectors, sums)
+
+
+def _output_vectors(logits: torch.Tensor, y: torch.Tensor, *, kind: str, mc_samples: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """(r, N, C) logit-gradient vectors v with per-sample Fisher = sum_k (J^T v_k)^2."""
+    probs = torch.softmax(logits.double(), dim=1)
+    n, classes = probs.shape
+    if kind == "exact":
+        hessian = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+        values, vectors = torch.linalg.eigh(hessian)
+        # Ascending order: column 0 is the null direction (all ones), dropped exactly.
+        roots = vectors[:, :, 1:] * values[:, None, 1:].clamp(min=0).sqrt()
+        return roots.permute(2, 0, 1).to(logits.dtype).contiguous()
+    if kind == "mc":
+        sample_from = probs if generator is None or generator.device == probs.device \
+            else probs.to(generator.device)
+        labels = torch.multinomial(sample_from, mc_samples, replacement=True,
+                                   generator=generator).to(probs.device).T
+        scale = 1.0 / math.sqrt(mc_samples)
+    else:
+        if y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"empirical Fisher needs integer labels of shape ({n},); "
+                             f"got {y.dtype} {tuple(y.shape)}")
+        if n and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(f"labels must lie in [0, {classes}); got {int(y.min())}.."
+                             f"{int(y.max())}")
+        labels, scale = y[None, :].long(), 1.0
+    one_hot = F.one_hot(labels, classes).to(probs.dtype)
+    return ((one_hot - probs) * scale).to(logits.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters the fast path may handle
+
+
+def _is_eval_batchnorm(module: nn.Module) -> bool:
+    # Batch statistics couple the samples: no per-sample gradient exists to square.
+    return (type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+            and module.running_mean is not None and module.running_var is not None)
+
+
+def _fast_module(module: nn.Module) -> bool:
+    """Exact type match: a subclass may override forward and break the layer formula."""
+    kind = type(module)
+    if kind is nn.Linear or _is_eval_batchnorm(module):
+        return True
+    if kind is nn.LayerNorm:
+        return True
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return False
+
+
+def _statically_slow(model: nn.Module, params: dict[str, nn.Parameter]) -> set[str]:
+    """Trainable parameters not directly owned by a fast-path module, or shared."""
+    fast = set()
+    for prefix, module in model.named_modules():
+        if _fast_module(module):
+            fast.update(f"{prefix}.{name}" if prefix else name
+                        for name, _ in module.named_parameters(recurse=False))
+    owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {name for name, p in params.items() if name not in fast or owners[id(p)] > 1}
+
+
+class _Record:
+    """One fast module's forward: its input, the edge of its output, how often it ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.input: torch.Tensor | None = None
+        self.edge: GradientEdge | None = None
+
+
+class _Recorder:
+    """Forward hooks on fast modules, installed for the duration of one Fisher computation."""
+
+    def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], slow: set[str]
+                 ) -> None:
+        self.modules: dict[nn.Module, dict[str, str]] = {}
+        for prefix, module in model.named_modules():
+            owned = {attr: f"{prefix}.{attr}" if prefix else attr
+                     for attr, _ in module.named_parameters(recurse=False)}
+            owned = {attr: name for attr, name in owned.items()
+                     if name in params and name not in slow}
+            if owned and _fast_module(module):
+                self.modules[module] = owned
+        self.params = params
+        self.records: dict[nn.Module, _Record] = {}
+        self.active = False
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Recorder:
+        self.handles = [module.register_forward_hook(self._hook) for module in self.modules]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def start(self) -> None:
+        self.records = {module: _Record() for module in self.modules}
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self.active:
+            return
+        record = self.records[module]
+        record.calls += 1
+        if record.calls == 1 and args and isinstance(args[0], torch.Tensor) \
+                and isinstance(output, torch.Tensor) and output.requires_grad:
+            record.input = args[0].detach()
+            # Taken now, before any in-place op (ReLU(inplace=True), +=) rebases the output.
+            record.edge = get_gradient_edge(output)
+
+    def layers(self, logits: torch.Tensor, *, rank: int) -> list[_Layer]:
+        """Layers for this chunk, after proving each parameter's only use is its module's call.
+
+        Counting graph edges into each parameter catches weight tying, a module called twice
+        and a weight read outside its module, none of which the per-layer formulas allow.
+        """
+        uses = _parameter_uses(logits)
+        demote = set()
+        layers = []
+        for module, owned in self.modules.items():
+            record = self.records[module]
+            used = {attr: name for attr, name in owned.items()
+                    if uses[id(self.params[name])] > 0}
+            if not used:
+                continue
+            if record.calls != 1 or record.edge is None or not _input_fits(module, record.input) \
+                    or any(uses[id(self.params[name])] != 1 for name in used.values()):
+                demote.update(used.values())
+                continue
+            layers.append(_make_layer(module, used, record, rank))
+        self.records = {}
+        if demote:
+            raise _Demote(demote)
+        return layers
+
+
+def _parameter_uses(logits: torch.Tensor) -> Counter[int]:
+    """id(leaf tensor) -> number of graph edges into it, over the graph of ``logits``."""
+    uses: Counter[int] = Counter()
+    if logits.grad_fn is None:
+        return uses
+    seen = {logits.grad_fn}
+    stack = [logits.grad_fn]
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                uses[id(variable)] += 1
+            elif child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return uses
+
+
+def _input_fits(module: nn.Module, a: torch.Tensor | None) -> bool:
+    if a is None:
+        return False
+    if isinstance(module, nn.Conv2d):
+        return a.ndim == 4
+    if isinstance(module, nn.Conv1d):
+        return a.ndim == 3
+    if isinstance(module, nn.Linear):
+        return a.ndim >= 2
+    if isinstance(module, nn.LayerNorm):
+        return a.ndim > len(module.normalized_shape)
+    return a.ndim >= 2  # BatchNorm: (N, C, *)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer accumulation of summed squared per-sample gradients
+
+
+class _Layer:
+    edge: GradientEdge
+
+    def accumulate(self, grad: torch.Tensor) -> None:
+        """Add sum over samples of squared per-sample gradients for one backward vector."""
+        raise NotImplementedError
+
+    def finish(self, sums: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+def _make_layer(module: nn.Module, names: dict[str, str], record: _Record, rank: int) -> _Layer:
+    a = record.input
+    if isinstance(module, nn.Linear):
+        n = a.shape[0]
+        features = a.reshape(n, -1, a.shape[-1]).transpose(1, 2).unsqueeze(1)
+        layer: _Layer = _AffineLayer(names, features, groups=1, rank=rank,
+                                     to_positions=_linear_positions)
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        layer = _AffineLayer(names, _unfold(module, a), groups=module.groups, rank=rank,
+                             to_positions=_conv_positions)
+    elif isinstance(module, nn.LayerNorm):
+        layer = _NormLayer(names, _layer_norm_hat(module, a),
+                           layout=_features_last(math.prod(module.normalized_shape)))
+    else:
+        layer = _NormLayer(names, _batch_norm_hat(module, a), layout=_channels_first)
+    layer.edge = record.edge
+    return layer
+
+
+def _unfold(conv: nn.Conv1d | nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """(N, groups, C_in/groups * kernel, positions): each column one receptive field.
+
+    Built from strided views and one copy: F.unfold's im2col kernel is several times slower.
+    """
+    if isinstance(conv, nn.Conv1d):
+        a = a.unsqueeze(2)
+        kernel, dilation = (1, *conv.kernel_size), (1, *conv.dilation)
+        padding, stride = (0, *conv.padding), (1, *conv.stride)
+    else:
+        kernel, dilation, padding, stride = (conv.kernel_size, conv.dilation, conv.padding,
+                                             conv.stride)
+    a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    # (N, C, H_out, W_out, span_h, span_w), then keep every dilation-th tap.
+    windows = a.unfold(2, spans[0], stride[0]).unfold(3, spans[1], stride[1])
+    windows = windows[..., ::dilation[0], ::dilation[1]]
+    n, channels, h_out, w_out = windows.shape[:4]
+    columns = windows.permute(0, 1, 4, 5, 2, 3).reshape(n, channels * kernel[0] * kernel[1],
+                                                         h_out * w_out)
+    return columns.view(n, conv.groups, -1, h_out * w_out)
+
+
+def _linear_positions(grad: torch.Tensor, groups: int) -> torch.Tensor:
+    n = grad.shape[0]
+    return grad.reshape(n, -1, grad.shape[-1]).transpose(1, 2).unsqueeze(1)
+
+
+def _conv_positions(grad: torch.Tensor, groups: int) -> torch.Tensor:
+    n, channels = grad.shape[:2]
+    return grad.reshape(n, groups, channels // groups, -1)
+
+
+class _AffineLayer(_Layer):
+    """Linear and convolution: per-sample weight gradient G_n U_n^T over output positions.
+
+    Direct form: each vector's per-sample gradients are formed a block of samples at a time
+    (a batched matmul) and squared while still cached. Gram form, for few output positions
+    P: sum_k (G_k U^T)_ij^2 = sum_{p<=q} c_pq (sum_k G_kip G_kiq) (U_jp U_jq), whose left
+    factor sums over the backward vectors first, so one matmul per chunk serves them all and
+    nothing of weight size is squared. P = 1 (a Linear layer) is the familiar (g^2)^T (a^2).
+    """
+
+    def __init__(self, names: dict[str, str], features: torch.Tensor, *, groups: int,
+                 rank: int, to_positions: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+        self.weight, self.bias = names.get("weight"), names.get("bias")
+        self.features = features                      # (N, G, D_in, P)
+        self.groups = groups
+        self.to_positions = to_positions
+        positions = features.shape[-1]
+        pairs = positions * (positions + 1) // 2
+        self.gram = pairs <= rank * (positions + _SQUARE_COST)
+        self.weight_sum: torch.Tensor | None = None  # direct form: (G, D_out, D_in)
+        self.grads: list[torch.Tensor] = []          # Gram form: each (N, G, D_out, P)
+        self.bias_sum: torch.Tensor | None = None
+
+    def accumulate(self, grad: torch.Tensor) -> None:
+        g = self.to_positions(grad, self.groups)     # (N, G, D_out, P)
+        if self.bias is not None:
+            self.bias_sum = _add(self.bias_sum, g.sum(-1).square().sum(0))
+        if self.weight is None:
+            return
+        if self.gram:
+            self.grads.append(g)
+            return
+        n, groups, d_out, positions = g.shape
+        d_in = self.features.shape[2]
+        g = g.reshape(n * groups, d_out, positions)
+        u = self.features.reshape(n * groups, d_in, positions)
+        block = groups * max(1, _BLOCK_ELEMENTS // (groups * d_out * d_in))
+        for s in range(0, n * groups, block):
+            per_sample = torch.bmm(g[s:s + block], u[s:s + block].transpose(1, 2))
+            squares = per_sample.square_().view(-1, groups, d_out, d_in).sum(0)
+            self.weight_sum = _add(self.weight_sum, squares)
+
+    def finish(self, sums: dict[str, torch.Tensor]) -> None:
+        if self.bias is not None and self.bias_sum is not None:
+            sums[self.bias] += self.bias_sum.reshape(sums[self.bias].shape)
+        if self.weight is None:
+            return
+        total = self._gram_total() if self.gram and self.grads else self.weight_sum
+        if total is not None:
+            sums[self.weight] += total.reshape(sums[self.weight].shape)
+
+    def _gram_total(self) -> torch.Tensor:
+        n, groups, d_in, positions = self.features.shape
+        first, second = torch.triu_indices(positions, positions, device=self.features.device)
+        # Off-diagonal pairs stand for both (p, q) and (q, p).
+        weights = torch.where(first == second, 1.0, 2.0).to(self.features.dtype)
+        # One batched matmul over the stacked vectors: sum_k g_kp g_kq for every p, q.
+        stacked = torch.stack(self.grads, dim=-1).flatten(0, 2)   # (N G D_out, P, r)
+        outer = torch.bmm(stacked, stacked.transpose(1, 2)).view(n, groups, -1, positions ** 2)
+        outer = outer.index_select(-1, first * positions + second)
+        block = max(1, _BLOCK_ELEMENTS // (groups * d_in * len(first)))
+        total = None
+        for s in range(0, n, block):
+            u = self.features[s:s + block]
+            products = u.index_select(-1, first) * (u.index_select(-1, second) * weights)
+            total = _add(total, torch.einsum("ngip,ngjp->gij", outer[s:s + block], products))
+        return total
+
+
+def _add(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    return part if total is None else total.add_(part)
+
+
+def _channels_first(t: torch.Tensor) -> torch.Tensor:
+    """BatchNorm layout (N, C, *) -> (N, C, positions)."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def _features_last(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """LayerNorm layout (N, *, features) -> (N, features, positions)."""
+    return lambda t: t.reshape(t.shape[0], -1, size).transpose(1, 2)
+
+
+def _batch_norm_hat(bn: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (a.ndim - 2)
+    scale = torch.rsqrt(bn.running_var + bn.eps).to(a.dtype).view(shape)
+    return (a - bn.running_mean.to(a.dtype).view(shape)) * scale
+
+
+def _layer_norm_hat(ln: nn.LayerNorm, a: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(-len(ln.normalized_shape), 0))
+    var, mean = torch.var_mean(a, dim=dims, unbiased=False, keepdim=True)
+    return (a - mean) * torch.rsqrt(var + ln.eps)
+
+
+class _NormLayer(_Layer):
+    """Affine normalisation y = x_hat * w + b: weight gradient sum_p g x_hat, bias sum_p g."""
+
+    def __init__(self, names: dict[str, str], x_hat: torch.Tensor, *,
+                 layout: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.weight, self.bias = names.get("weight"), names.get("bias")
+        self.layout = layout
+        self.x_hat = layout(x_hat)                    # (N, features, positions)
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def accumulate(self, grad: torch.Tensor) -> None:
+        g = self.layout(grad)
+        if self.weight is not None:
+            self.sums[self.weight] = _add(self.sums.get(self.weight),
+                                          torch.linalg.vecdot(g, self.x_hat).square().sum(0))
+        if self.bias is not None:
+            self.sums[self.bias] = _add(self.sums.get(self.bias), g.sum(-1).square().sum(0))
+
+    def finish(self, sums: dict[str, torch.Tensor]) -> None:
+        for name, total in self.sums.items():
+            sums[name] += total.reshape(sums[name].shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic path
+
+
+def _generic_chunk(model: nn.Module, names: list[str], x: torch.Tensor, vectors: torch.Tensor,
+                   sums: dict[str, torch.Tensor]) -> None:
+    """Per-sample vector-Jacobian products of the whole model, only for ``names``.
+
+    vmap over samples of vjp, itself vmapped over the r backward vectors: correct for any
+    module or parameter use that torch.func can trace.
+    """
+    params = dict(model.named_parameters())
+    wanted = {name: params[name].detach() for name in names}
+    size = sum(p.numel() for p in wanted.values())
+    rank = len(vectors)
+    if rank == 0:
+        return
+
+    def squared(weights: dict[str, torch.Tensor], sample: torch.Tensor,
+                cotangents: torch.Tensor) -> dict[str, torch.Tensor]:
+        def logits(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(model, w, (sample.unsqueeze(0),), strict=False).squeeze(0)
+
+        _, pullback = vjp(logits, weights)
+        (grads,) = vmap(pullback)(cotangents)
+        return {name: g.square().sum(0) for name, g in grads.items()}
+
+    block = max(1, _GENERIC_ELEMENTS // max(1, size * rank))
+    # Outside the transforms only the fast-path parameters would record a graph: skip it.
+    with torch.no_grad():
+        for s in range(0, len(x), block):
+            per_sample = vmap(squared, in_dims=(None, 0, 1))(wanted, x[s:s + block],
+                                                             vectors[:, s:s + block])
+            for name, value in per_sample.items():
+                sums[name] += value.sum(0)

@@ -1,0 +1,342 @@
+"""Correctness of methods.fisher against a slow per-sample reference and, when installed, BackPACK.
+
+The reference is deliberately naive (one sample, one class, one autograd call at a time) so
+that it shares nothing with the engine under test.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.fisher import diagonal_fisher
+
+CLASSES = 5
+
+
+def reference_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str
+                     ) -> dict[str, torch.Tensor]:
+    """Mean over samples of sum_c w_c (d log p_c / d theta)^2, one autograd call per term."""
+    model.eval()
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    for i in range(len(x)):
+        log_probs = torch.log_softmax(model(x[i:i + 1]), dim=1)[0]
+        probs = log_probs.detach().exp()
+        terms = ([(c, probs[c]) for c in range(len(probs))] if kind == "exact"
+                 else [(int(y[i]), 1.0)])
+        for c, weight in terms:
+            grads = torch.autograd.grad(log_probs[c], list(params.values()), retain_graph=True,
+                                        allow_unused=True)
+            for name, grad in zip(params, grads):
+                if grad is not None:
+                    sums[name] += weight * grad.square()
+    return {name: total / len(x) for name, total in sums.items()}
+
+
+def relative_error(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    """Max absolute difference over all parameters / max absolute reference value."""
+    assert sorted(ours) == sorted(ref)
+    diff = max(float((ours[n].double() - ref[n].double()).abs().max()) for n in ref)
+    scale = max(float(ref[n].abs().max()) for n in ref)
+    return diff / scale
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, as after training."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+class Scale(nn.Module):
+    """A module the fast path does not know, owning its own parameter."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.rand(shape) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+
+class Tokens(nn.Module):
+    """Conv1d features as a sequence: Linear and LayerNorm over a token dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 3, stride=2, padding=2, dilation=2)
+        self.norm = nn.LayerNorm(6)
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).transpose(1, 2)                 # (N, tokens, 6)
+        return self.head(torch.tanh(self.mix(self.norm(h))).mean(1))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.Tanh(), nn.Linear(16, 12),
+                         nn.ReLU(inplace=True), nn.Linear(12, CLASSES))
+
+
+def cnn_bn() -> nn.Module:
+    """Both conv forms: 8x8 outputs (direct per-sample products) and 2x2 (pairwise form)."""
+    return randomise_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False), nn.BatchNorm2d(8),
+        nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, dilation=1, padding=1),
+        nn.Flatten(), nn.BatchNorm1d(24), nn.Linear(24, CLASSES)))
+
+
+def unknown_layers() -> nn.Module:
+    """GroupNorm and a custom parameter go through the generic path next to fast layers."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+                         Scale((4, 1, 1)), nn.Flatten(), nn.Linear(4 * 16, CLASSES))
+
+
+def tokens() -> nn.Module:
+    return Tokens()
+
+
+SMALL_MODELS = {
+    "mlp": (mlp, (48,)),
+    "cnn_bn": (cnn_bn, (3, 8, 8)),
+    "unknown_layers": (unknown_layers, (3, 4, 4)),
+    "tokens": (tokens, (3, 11)),
+}
+
+
+def small_case(name: str, n: int = 12, dtype: torch.dtype = torch.float64
+               ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    build, shape = SMALL_MODELS[name]
+    torch.manual_seed(0)
+    model = build().to(dtype).eval()
+    x = torch.randn(n, *shape, dtype=dtype)
+    y = torch.randint(0, CLASSES, (n,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_small_models_match_reference(name: str, kind: str) -> None:
+    model, x, y = small_case(name)
+    ours = diagonal_fisher(model, batches(x, y, 5), kind=kind)
+    assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
+
+
+class Reused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+class ReadOutside(nn.Module):
+    """A Linear whose weight is also read outside its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.a(x)) + x @ self.a.weight)
+
+
+class InPlaceAfter(nn.Module):
+    """In-place ops on a layer's output must not change the gradient its formula sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.unused = nn.Linear(6, 6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.unused(x)
+        h = self.a(x)
+        h.mul_(2.0)
+        h += 1.0
+        return self.head(h.tanh_())
+
+
+@pytest.mark.parametrize("build", [Reused, Tied, ReadOutside, InPlaceAfter])
+def test_parameter_reuse_falls_back_correctly(build: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = build().double()
+    x, y = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, CLASSES, (7,))
+    ours = diagonal_fisher(model, [(x, y)])
+    assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-10
+
+
+def test_chunks_larger_than_a_forward_pass() -> None:
+    """One 70-sample batch is split internally; the mean must still be over all samples."""
+    model, x, y = small_case("mlp", n=70)
+    ours = diagonal_fisher(model, [(x, y)])
+    assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-10
+
+
+def resnet18_1ch() -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return randomise_batchnorm(model).eval()
+
+
+def test_resnet18_matches_reference() -> None:
+    torch.manual_seed(0)
+    model = resnet18_1ch()
+    x, y = torch.randn(2, 1, 28, 28), torch.randint(0, 10, (2,))
+    ours = diagonal_fisher(model, [(x, y)])
+    assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-4
+
+
+def test_densenet121_matches_reference() -> None:
+    """BackPACK cannot convert DenseNet (torch.cat), so the per-sample reference judges."""
+    from torchvision.models import densenet121
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(densenet121(num_classes=10)).eval()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    ours = diagonal_fisher(model, [(x, y)])
+    assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-4
+
+
+def backpack_diag_ggn_exact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                            converter: bool = False) -> dict[str, torch.Tensor]:
+    """BackPACK's DiagGGNExact of summed cross-entropy, divided by N."""
+    backpack = pytest.importorskip("backpack")
+    from backpack.extensions import DiagGGNExact
+
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False  # BackPACK's module hooks reject in-place outputs
+    model = backpack.extend(model, use_converter=converter)
+    loss = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))(model(x), y)
+    with backpack.backpack(DiagGGNExact()):
+        loss.backward()
+    return {name: p.diag_ggn_exact / len(x) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_bn"])
+def test_small_models_match_backpack(name: str) -> None:
+    model, x, y = small_case(name)
+    ref = backpack_diag_ggn_exact(model, x, y)
+    assert relative_error(diagonal_fisher(model, [(x, y)]), ref) < 1e-10
+
+
+def test_resnet18_matches_backpack() -> None:
+    torch.manual_seed(0)
+    model = resnet18_1ch()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    ref = backpack_diag_ggn_exact(model, x, y, converter=True)
+    # The converter renames nothing that owns parameters, so names line up.
+    assert relative_error(diagonal_fisher(model, [(x, y)]), ref) < 1e-4
+
+
+def mc_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             exact: dict[str, torch.Tensor], draws: int) -> float:
+    generator = torch.Generator().manual_seed(1234)
+    mc = diagonal_fisher(model, batches(x, y, 16), kind="mc", mc_samples=draws,
+                         generator=generator)
+    return relative_error(mc, exact)
+
+
+def test_mc_converges_to_exact() -> None:
+    model, x, y = small_case("cnn_bn", n=32)
+    exact = diagonal_fisher(model, [(x, y)])
+    one, many = mc_error(model, x, y, exact, 1), mc_error(model, x, y, exact, 400)
+    # The error of an average of 400 draws should shrink like 1/20; allow a wide margin.
+    assert many < 0.25 * one
+    assert many < 0.1
+
+
+def test_mc_is_reproducible_with_a_generator() -> None:
+    model, x, y = small_case("unknown_layers")
+
+    def run() -> dict[str, torch.Tensor]:
+        return diagonal_fisher(model, [(x, y)], kind="mc", mc_samples=3,
+                               generator=torch.Generator().manual_seed(7))
+
+    first, second = run(), run()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_output_names_shapes_and_side_effects() -> None:
+    model, x, y = small_case("cnn_bn")
+    model[0].bias.requires_grad_(False)
+    model.train()
+    model[1].eval()                      # a mixed mode must come back exactly as it was
+    modes = {m: m.training for m in model.modules()}
+    state = copy.deepcopy(model.state_dict())
+    fisher = diagonal_fisher(model, batches(x, y, 4), kind="empirical")
+    trainable = {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+    assert {n: t.shape for n, t in fisher.items()} == trainable
+    assert "0.bias" not in fisher
+    assert {m: m.training for m in model.modules()} == modes
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(bool((t >= 0).all()) for t in fisher.values())
+
+
+def test_bad_kind_names_the_value_and_the_choices() -> None:
+    model, x, y = small_case("mlp")
+    with pytest.raises(ValueError, match=r"'fim'.*exact, mc, empirical"):
+        diagonal_fisher(model, [(x, y)], kind="fim")
+
+
+def test_empty_loader_is_an_error() -> None:
+    model, _, _ = small_case("mlp")
+    with pytest.raises(ValueError, match="empty"):
+        diagonal_fisher(model, [])
+
+
+def test_empirical_needs_valid_labels() -> None:
+    model, x, _ = small_case("mlp")
+    with pytest.raises(ValueError, match="labels"):
+        diagonal_fisher(model, [(x, torch.full((len(x),), CLASSES))], kind="empirical")
+
+
+def test_exact_is_the_label_expectation_of_empirical() -> None:
+    """Exact Fisher = sum over labels c of p_c(x) times the empirical Fisher at label c."""
+    model, x, y = small_case("cnn_bn", n=4)
+    with torch.no_grad():
+        probs = F.softmax(model(x), dim=1)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        for c in range(CLASSES):
+            single = diagonal_fisher(model, [(x[i:i + 1], torch.tensor([c]))], kind="empirical")
+            for n in expected:
+                expected[n] += probs[i, c] * single[n] / len(x)
+    assert relative_error(diagonal_fisher(model, [(x, y)]), expected) < 1e-10

@@ -1,0 +1,141 @@
+"""The paper's methods unlearn on digits; PBU rejects bad inputs instead of returning garbage.
+
+Methods run through ``bench.runner.run_cell`` with the ``quick`` grid's overrides on a smallcnn
+trained for 8 epochs (cached for the session), forgetting class 2.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from bench import grids, runner
+from bench.data import TensorBatches, class_indices
+from bench.store import read_records
+from conftest import find_cell
+from methods import UnlearningTask, get_method
+
+PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
+METRIC_KEYS = ("acc_forget_test", "acc_retain_test", "acc_forget_train", "acc_retain_train",
+               "mia", "time_s")
+
+
+def run_method(unit_grid, run_cfg, label: str, classes=(2,)) -> dict:
+    record = runner.run_cell(find_cell(unit_grid, label, classes), run_cfg, curves=False)
+    assert "error" not in record, record.get("traceback")
+    return record
+
+
+def test_original_model_is_good(original_record):
+    assert original_record["acc_forget_test"] >= 90
+    assert original_record["acc_retain_test"] >= 90
+
+
+@pytest.mark.parametrize("label", PAPER_METHODS)
+def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, original_record):
+    record = run_method(unit_grid, run_cfg, label)
+    assert record["acc_forget_test"] <= 10.0, record["acc_forget_test"]
+    assert record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
+    assert all(math.isfinite(record[k]) for k in METRIC_KEYS)
+    # The record carries the resolved hyperparameters: defaults plus the quick grid's overrides.
+    quick = grids.BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
+    defaults = get_method(label).default_params()
+    assert record["params"] == {**defaults, **quick}
+
+
+def test_pbu_official_forgets_less_but_still_forgets(unit_grid, run_cfg, original_record):
+    record = run_method(unit_grid, run_cfg, "pbu_official")
+    assert record["acc_forget_test"] < original_record["acc_forget_test"]
+    assert record["params"]["epochs"] == 5 and record["params"]["stop_forget_acc"] is None
+
+
+def test_pbu_reports_its_phases(unit_grid, run_cfg):
+    record = run_method(unit_grid, run_cfg, "pbu")
+    assert set(record["timings"]) == {"fisher_s", "optimise_s"}
+    assert all(v >= 0 for v in record["timings"].values())
+    assert record["time_s"] >= record["timings"]["optimise_s"] * 0.5
+
+
+# ---------------------------------------------------------------- PBU bad inputs
+
+
+def forget_task(digits_data, *, forget_classes=(2,), labels_from=(2,), limit=None
+                ) -> UnlearningTask:
+    """A task whose forget loader holds training samples of ``labels_from`` (first batch first)."""
+    x, y = digits_data.train.tensors
+    idx = torch.as_tensor(class_indices(digits_data.train_targets, labels_from, include=True))
+    if limit is not None:
+        idx = idx[:limit]
+    return UnlearningTask(forget_classes=forget_classes, num_classes=10,
+                          forget_loader=TensorBatches(x[idx], y[idx], batch_size=64,
+                                                      shuffle=False),
+                          retain_loader=None, device=torch.device("cpu"), seed=0)
+
+
+def assert_unchanged_and_finite(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.isfinite(p.float()).all(), name
+        assert torch.equal(p, q), name
+
+
+def test_pbu_rejects_an_empty_forget_loader(digits_data, original):
+    model = copy.deepcopy(original)
+    with pytest.raises(ValueError, match="empty"):
+        get_method("pbu")().unlearn(model, forget_task(digits_data, limit=0))
+    assert_unchanged_and_finite(model, original)
+
+
+def test_pbu_rejects_a_non_forget_label(digits_data, original):
+    # Samples of class 3 handed over as if they were the forget class 2.
+    task = forget_task(digits_data, forget_classes=(2,), labels_from=(2, 3))
+    with pytest.raises(ValueError, match="forget"):
+        get_method("pbu")().unlearn(copy.deepcopy(original), task)
+
+
+def test_pbu_non_finite_loss_raises_before_touching_the_model(digits_data, original):
+    model = copy.deepcopy(original)
+    with pytest.raises(FloatingPointError):
+        get_method("pbu")(alpha=float("nan")).unlearn(model, forget_task(digits_data))
+    assert_unchanged_and_finite(model, original)
+
+
+@pytest.mark.parametrize("bad", [{"batchnorm": "frozen"}, {"fisher": "nope"}])
+def test_pbu_rejects_unknown_modes(bad, digits_data, original):
+    with pytest.raises(ValueError):
+        get_method("pbu")(**bad).unlearn(copy.deepcopy(original), forget_task(digits_data))
+
+
+def nan_pbu_cell(unit_grid):
+    base = find_cell(unit_grid, "pbu")
+    return runner.Cell(experiment=base.experiment, forget_classes=(2,), label="pbu",
+                       method="pbu", seed=0, params={**base.params, "alpha": float("nan")})
+
+
+def test_run_cell_turns_a_failure_into_an_error_record(unit_grid, run_cfg, original):
+    record = runner.run_cell(nan_pbu_cell(unit_grid), run_cfg, curves=False)
+    assert record["error"].startswith("FloatingPointError")
+    assert "Traceback" in record["traceback"]
+    assert record["cell"] == "digits/smallcnn/2/pbu/0"
+    assert not set(METRIC_KEYS) & set(record)  # no metrics of a half-unlearned model
+
+
+def test_failed_cell_goes_to_errors_jsonl_and_the_grid_finishes(unit_grid, run_cfg, tmp_path,
+                                                              original):
+    exp = unit_grid.experiments[0]
+    bad = grids.Grid(name="failing", seeds=(0,), curves=False,
+                     methods=(grids.MethodSpec(label="pbu", method="pbu",
+                                               params={"alpha": float("nan")}),),
+                     experiments=(grids.Experiment(
+                         dataset=exp.dataset, arch=exp.arch, forget_classes=((2,),),
+                         train=exp.train, method_params={}, split_seed=exp.split_seed),))
+    cfg = runner.RunConfig(results_dir=tmp_path, cache_dir=run_cfg.cache_dir)
+    assert runner.run_grid(bad, cfg) == (2, 1)
+    runs = list(read_records(tmp_path / "failing" / "runs.jsonl"))
+    errors = list(read_records(tmp_path / "failing" / "errors.jsonl"))
+    assert [r["method"] for r in runs] == ["original"]
+    assert [r["method"] for r in errors] == ["pbu"]
+    # The failed cell is still pending: a rerun tries it again (and only it).
+    _, pending = runner.pending_cells(bad, tmp_path)
+    assert [c.label for c in pending] == ["pbu"]
