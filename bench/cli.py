@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated method labels to compute (default: grid's)")
     p.add_argument("--seeds", help="a count N (seeds 0..N-1) or a list like 0,1,2")
     p.add_argument("--classes", help="forget classes: 2,6 (one cell each) or 2+6 (together)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel cells (joblib)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel cells (joblib); default: one per CPU core on the CPU, "
+                        "one per GPU on CUDA")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="a Python file registering extra methods (repeatable)")
@@ -84,6 +86,16 @@ def _device(requested: str | None) -> str:
     raise BenchInputError(f"--device {requested!r}: allowed cpu, cuda, cuda:N")
 
 
+def _default_jobs(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return max(1, torch.cuda.device_count())
+    if device.startswith("cuda"):
+        return 1
+    return os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -107,7 +119,7 @@ def _main(argv: list[str] | None) -> int:
             doc = (get_method(name).__doc__ or "").strip().splitlines()
             print(f"{name:16s} {doc[0] if doc else ''}")
         return 0
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise BenchInputError(f"--jobs {args.jobs}: must be at least 1")
 
     from bench import grids, render, runner
@@ -129,12 +141,15 @@ def _main(argv: list[str] | None) -> int:
         print(f"{len(cells)} cells, {len(pending)} to run")
         return 0
     device = _device(args.device)
+    jobs = args.jobs or _default_jobs(device)
     for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
         runner._dataset(exp.dataset, args.data_root, args.download, exp.split_seed)
     cfg = runner.RunConfig(
         results_dir=args.results_dir, cache_dir=args.cache_dir or args.results_dir / ".model_cache",
-        data_root=args.data_root, download=args.download, device=device, jobs=args.jobs,
-        threads=max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0,
+        data_root=args.data_root, download=args.download, device=device, jobs=jobs,
+        # Intra-op threads barely help the small models of CPU grids and collapse when
+        # workers oversubscribe the cores, so the cores are shared out between workers.
+        threads=max(1, (os.cpu_count() or 1) // jobs),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
         git_commit=runner.git_commit(REPO))
     start = time.perf_counter()

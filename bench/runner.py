@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import platform
@@ -37,7 +38,7 @@ class RunConfig:
     download: bool = False
     device: str = "cpu"
     jobs: int = 1
-    threads: int = 0            # torch threads per worker; 0 = torch's default
+    threads: int = 0            # torch threads per worker; 0 = leave torch's setting
     plugins: tuple[str, ...] = ()  # re-imported in worker processes
     git_commit: str = "unknown"
 
@@ -277,6 +278,14 @@ def git_commit(repo: Path) -> str:
         return "unknown"
 
 
+def _worker_configs(cfg: RunConfig) -> list[RunConfig]:
+    """On a multi-GPU box, "cuda" is spread over the devices: cell i goes to cuda:i mod n."""
+    count = torch.cuda.device_count() if cfg.device == "cuda" else 0
+    if count < 2 or cfg.jobs < 2:
+        return [cfg]
+    return [dataclasses.replace(cfg, device=f"cuda:{i}") for i in range(count)]
+
+
 def _parallel(jobs: int):
     from joblib import Parallel
 
@@ -299,11 +308,15 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
     originals = {content_key(_train_spec(c.experiment, c.seed)): (c.experiment, c.seed)
                  for c in pending}
     if cfg.jobs > 1 and len(originals) > 1:
-        list(_parallel(cfg.jobs)(delayed(train_original)(e, s, cfg)
-                                 for e, s in originals.values()))
+        configs = _worker_configs(cfg)
+        list(_parallel(cfg.jobs)(delayed(train_original)(e, s, configs[i % len(configs)])
+                                 for i, (e, s) in enumerate(originals.values())))
     failed = 0
     errors = out.with_name("errors.jsonl")
-    results = (_parallel(cfg.jobs)(delayed(run_cell)(c, cfg, curves=grid.curves) for c in pending)
+    configs = _worker_configs(cfg)
+    results = (_parallel(cfg.jobs)(delayed(run_cell)(c, configs[i % len(configs)],
+                                                     curves=grid.curves)
+                                   for i, c in enumerate(pending))
                if cfg.jobs > 1 else (run_cell(c, cfg, curves=grid.curves) for c in pending))
     for done, record in enumerate(results, 1):
         if "error" in record:
