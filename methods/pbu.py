@@ -14,6 +14,31 @@ from methods.registry import register_method
 BATCHNORM_MODES = ("eval", "train")
 
 
+class PenaltyAnchor:
+    """theta* and the elementwise weights of PBU's two quadratic penalties.
+
+    d/dtheta [beta F (theta - theta*)^2 + gamma (theta - theta*)^2] = 2 (beta F + gamma)
+    (theta - theta*): one weight per element, so the gradient is added with three foreach ops
+    instead of autograd through flattened parameter copies.
+    """
+
+    def __init__(self, named: list[tuple[str, torch.Tensor]], fisher: dict[str, torch.Tensor],
+                 *, beta: float, gamma: float) -> None:
+        self.params = [p for _, p in named]
+        self.anchors = [p.detach().clone() for p in self.params]
+        self.weights = [2.0 * (beta * fisher[n] + gamma) if n in fisher
+                        else torch.full_like(p, 2.0 * gamma) for n, p in named]
+
+    @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        drift = torch._foreach_sub(self.params, self.anchors)
+        torch._foreach_mul_(drift, self.weights)
+        torch._foreach_add_([p.grad for p in self.params], drift)
+
+
 @register_method("pbu")
 class PBU(UnlearningMethod):
     """PBU (Panda et al., "Partially Blinded Unlearning: Class Unlearning for Deep Networks from
@@ -59,7 +84,6 @@ class PBU(UnlearningMethod):
         if len(task.forget_loader) == 0:
             raise ValueError("PBU got an empty forget loader")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        params = [p for _, p in named]
 
         start = time.perf_counter()
         fisher = (diagonal_fisher(model, task.forget_loader, kind=self.fisher, device=task.device)
@@ -67,55 +91,57 @@ class PBU(UnlearningMethod):
         task.timings["fisher_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        anchors = [p.detach().clone() for p in params]
-        # d/dtheta of beta*F*d^2 + gamma*d^2 is 2*(beta*F + gamma)*d: one weight per element.
-        weights = [2.0 * (self.beta * fisher[n] + self.gamma) if n in fisher
-                   else torch.full_like(p, 2.0 * self.gamma) for n, p in named]
-        optimizer = torch.optim.Adam(params, lr=self.lr, foreach=True,
-                                     fused=task.device.type == "cuda" or None)
+        anchor = PenaltyAnchor(named, fisher, beta=self.beta, gamma=self.gamma)
+        optimizer = self.make_optimizer(anchor.params, task.device)
         forget = torch.tensor(task.forget_classes, device=task.device)
         # Stopping uses the predictions each step already computes: a window of the last pass
         # over the forget set (one entry per batch), so checking costs no extra forward pass.
         window: deque[tuple[int, int]] = deque(maxlen=len(task.forget_loader))
-        stop = False
         model.train(self.batchnorm == "train")
         for epoch in range(1, self.epochs + 1):
             for x, y in task.forget_loader:
                 x, y = x.to(task.device, non_blocking=True), y.to(task.device, non_blocking=True)
-                if not torch.isin(y, forget).all():
-                    raise ValueError(f"forget batch holds labels {sorted(set(y.tolist()))}, "
-                                     f"not only forget classes {list(task.forget_classes)}")
-                logits = model(x)
-                log_lik = F.log_softmax(logits, dim=1).gather(1, y[:, None]).mean()
-                loss = self.alpha * log_lik
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"PBU loss is {float(loss.detach())} at epoch {epoch}")
-                optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                self._add_penalty_grad(params, anchors, weights)
-                optimizer.step()
-                window.append((int((logits.argmax(1) == y).sum()), len(y)))
+                correct = self.step(model, x, y, anchor=anchor, optimizer=optimizer,
+                                    forget=forget)
+                window.append((correct, len(y)))
                 if self._window_accuracy(window) <= self._target:
-                    stop = True
                     break
             task.log(epoch=epoch, acc_forget_train=self._window_accuracy(window),
-                     log_lik=float(log_lik.detach()),
                      **(task.evaluate(model) if task.evaluate else {}))
-            if stop:
+            if self._window_accuracy(window) <= self._target:
                 break
         task.timings["optimise_s"] = time.perf_counter() - start
         return model.eval()
 
-    @staticmethod
-    @torch.no_grad()
-    def _add_penalty_grad(params: list[torch.Tensor], anchors: list[torch.Tensor],
-                          weights: list[torch.Tensor]) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        for p, g in zip(params, grads):
-            p.grad = g
-        drift = torch._foreach_sub(params, anchors)
-        torch._foreach_mul_(drift, weights)
-        torch._foreach_add_(grads, drift)
+    def make_optimizer(self, params: list[torch.Tensor], device: torch.device
+                       ) -> torch.optim.Optimizer:
+        fused = device.type == "cuda"
+        return torch.optim.Adam(params, lr=self.lr, fused=fused or None, foreach=not fused)
+
+    def step(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             anchor: "PenaltyAnchor", optimizer: torch.optim.Optimizer,
+             forget: torch.Tensor) -> int:
+        """One optimisation step on a forget batch; returns how many it still classified right.
+
+        The label check, the finiteness check and the accuracy share one device sync, taken
+        before the parameters move, so a bad batch or a non-finite loss leaves them untouched.
+        """
+        logits = model(x)
+        log_lik = F.log_softmax(logits, dim=1).gather(1, y[:, None]).mean()
+        loss = self.alpha * log_lik
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        labels_ok, finite, correct = torch.stack([
+            torch.isin(y, forget).all(), torch.isfinite(loss.detach()),
+            (logits.detach().argmax(1) == y).sum()]).tolist()
+        if not labels_ok:
+            raise ValueError(f"forget batch holds labels {sorted(set(y.tolist()))}, "
+                             f"not only forget classes {forget.tolist()}")
+        if not finite:
+            raise FloatingPointError(f"PBU loss is {float(loss.detach())}")
+        anchor.add_penalty_grad()
+        optimizer.step()
+        return int(correct)
 
     @property
     def _target(self) -> float:
