@@ -109,6 +109,10 @@ def _train_spec(exp: Experiment, seed: int) -> dict[str, Any]:
             "train": exp.train.as_dict(), "seed": seed, "recipe_version": RECIPE_VERSION}
 
 
+def _original_spec(exp: Experiment, seed: int) -> dict[str, Any]:
+    return {"kind": "original", **_train_spec(exp, seed)}
+
+
 def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
                      indices, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
@@ -126,14 +130,13 @@ def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
         train_model(model, loader, exp.train, device=device)
         meta = {"spec": spec, "train_s": time.perf_counter() - start}
         cache.save(key, model, meta)
-        log.info("trained %s in %.1fs (cache %s)", spec.get("kind", "model"), meta["train_s"], key)
+        log.debug("trained %s in %.1fs (cache %s)", spec["kind"], meta["train_s"], key)
     return model.to(cfg.device).eval(), meta
 
 
 def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     data = _dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
-    spec = {"kind": "original", **_train_spec(exp, seed)}
-    return _cached_training(spec=spec, exp=exp, data=data, seed=seed, cfg=cfg,
+    return _cached_training(spec=_original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
                             indices=torch.arange(len(data.train_targets)).numpy())
 
 
@@ -144,9 +147,10 @@ def _prepare_worker(cfg: RunConfig) -> None:
     load_plugins(cfg.plugins, use_entry_points=False)
 
 
-def train_original(exp: Experiment, seed: int, cfg: RunConfig) -> None:
+def train_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[str, float]:
+    """Phase one of a grid: (which original, its training time in seconds)."""
     _prepare_worker(cfg)
-    ensure_original(exp, seed, cfg)
+    return f"{exp.dataset}/{exp.arch} seed {seed}", ensure_original(exp, seed, cfg)[1]["train_s"]
 
 
 def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curves: bool,
@@ -305,12 +309,18 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
     if not pending:
         return 0, 0
     # Originals first, once each, so parallel cells never train the same model twice.
-    originals = {content_key(_train_spec(c.experiment, c.seed)): (c.experiment, c.seed)
+    originals = {content_key(_original_spec(c.experiment, c.seed)): (c.experiment, c.seed)
                  for c in pending}
-    if cfg.jobs > 1 and len(originals) > 1:
+    missing = [(e, s) for key, (e, s) in originals.items()
+               if not ModelCache(cfg.cache_dir).path(key).exists()]
+    if missing:
         configs = _worker_configs(cfg)
-        list(_parallel(cfg.jobs)(delayed(train_original)(e, s, configs[i % len(configs)])
-                                 for i, (e, s) in enumerate(originals.values())))
+        jobs = (_parallel(min(cfg.jobs, len(missing)))(
+            delayed(train_original)(e, s, configs[i % len(configs)])
+            for i, (e, s) in enumerate(missing)) if cfg.jobs > 1 and len(missing) > 1
+            else (train_original(e, s, cfg) for e, s in missing))
+        for which, train_s in jobs:
+            log.info("trained original %s in %.1fs", which, train_s)
     failed = 0
     errors = out.with_name("errors.jsonl")
     configs = _worker_configs(cfg)

@@ -73,7 +73,7 @@ def run_cli(args: list[str], *, cwd: Path, timeout: float = 240) -> CliResult:
 def start_cli(args: list[str], *, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(RUN_BENCH), *map(str, args)], cwd=cwd,
                             env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import textwrap
@@ -326,10 +327,12 @@ def test_killed_run_resumes_without_duplicates(finished_run, tmp_path):
     proc = start_cli(["--grid", "tiny.yaml", *OUT], cwd=tmp_path)
     try:
         wait_for_records(runs, proc, count=1, timeout=180)
-        proc.send_signal(signal.SIGKILL)
+        # The whole process group: run_bench.py and its joblib workers, as a killed job.
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     killed_with = runs.read_bytes().count(b"\n")

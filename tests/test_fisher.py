@@ -6,12 +6,14 @@ that it shares nothing with the engine under test.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods import fisher
 from methods.fisher import diagonal_fisher
 
 CLASSES = 5
@@ -101,6 +103,15 @@ def cnn_bn() -> nn.Module:
         nn.Flatten(), nn.BatchNorm1d(24), nn.Linear(24, CLASSES)))
 
 
+def convs() -> nn.Module:
+    """Dilation, groups, asymmetric kernels and strides, 1x1, with and without bias."""
+    return randomise_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=2, dilation=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding=1, groups=3, bias=False), nn.Tanh(),
+        nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0)), nn.ReLU(),
+        nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 15, CLASSES)))
+
+
 def unknown_layers() -> nn.Module:
     """GroupNorm and a custom parameter go through the generic path next to fast layers."""
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
@@ -114,6 +125,7 @@ def tokens() -> nn.Module:
 SMALL_MODELS = {
     "mlp": (mlp, (48,)),
     "cnn_bn": (cnn_bn, (3, 8, 8)),
+    "convs": (convs, (3, 6, 6)),
     "unknown_layers": (unknown_layers, (3, 4, 4)),
     "tokens": (tokens, (3, 11)),
 }
@@ -135,6 +147,29 @@ def test_small_models_match_reference(name: str, kind: str) -> None:
     model, x, y = small_case(name)
     ours = diagonal_fisher(model, batches(x, y, 5), kind=kind)
     assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
+
+
+# Settings that force each per-layer form (and the smallest blocks) onto small layers, so
+# that every code path is checked against the reference, not only those ResNet-18 picks.
+FORMS = {
+    "convolution": {"_CONV_FORM_POSITIONS": 1},
+    "direct": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": -10**9},
+    "pairwise": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": 10**9},
+    "tiny_blocks": {"_BLOCK_ELEMENTS": 16, "_ROW_BLOCK_ELEMENTS": 16, "_OPERAND_ELEMENTS": 16,
+                    "_CHUNK": 3},
+}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("name", ["convs", "tokens", "mlp"])
+def test_every_layer_form_matches_reference(name: str, form: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for constant, value in FORMS[form].items():
+        monkeypatch.setattr(fisher, constant, value)
+    model, x, y = small_case(name, n=7)
+    for kind in ("exact", "empirical"):
+        ours = diagonal_fisher(model, batches(x, y, 4), kind=kind)
+        assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
 
 
 class Reused(nn.Module):
@@ -188,7 +223,20 @@ class InPlaceAfter(nn.Module):
         return self.head(h.tanh_())
 
 
-@pytest.mark.parametrize("build", [Reused, Tied, ReadOutside, InPlaceAfter])
+class DeadFirstCall(nn.Module):
+    """A layer called twice whose first output is discarded: one graph use, two calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.a(x)
+        return self.head(torch.tanh(self.a(2.0 * x)))
+
+
+@pytest.mark.parametrize("build", [Reused, Tied, ReadOutside, InPlaceAfter, DeadFirstCall])
 def test_parameter_reuse_falls_back_correctly(build: type[nn.Module]) -> None:
     torch.manual_seed(0)
     model = build().double()
@@ -244,7 +292,8 @@ def backpack_diag_ggn_exact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             module.inplace = False  # BackPACK's module hooks reject in-place outputs
     model = backpack.extend(model, use_converter=converter)
     loss = backpack.extend(nn.CrossEntropyLoss(reduction="sum"))(model(x), y)
-    with backpack.backpack(DiagGGNExact()):
+    with backpack.backpack(DiagGGNExact()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its full-backward-hook notice, not ours to fix
         loss.backward()
     return {name: p.diag_ggn_exact / len(x) for name, p in model.named_parameters()}
 
@@ -263,6 +312,31 @@ def test_resnet18_matches_backpack() -> None:
     ref = backpack_diag_ggn_exact(model, x, y, converter=True)
     # The converter renames nothing that owns parameters, so names line up.
     assert relative_error(diagonal_fisher(model, [(x, y)]), ref) < 1e-4
+
+
+def test_small_cnn_matches_nngeometry() -> None:
+    """nngeometry's FIM with PMatDiag and classif_logits is the same exact Fisher (float32)."""
+    pytest.importorskip("nngeometry")
+    from nngeometry.layercollection import LayerCollection
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatDiag
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    # No grouped convolution: nngeometry's layer collection ignores groups.
+    model = randomise_batchnorm(nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2), nn.Flatten(), nn.Linear(4 * 9, CLASSES))).eval()
+    x, y = torch.randn(12, 3, 8, 8), torch.randint(0, CLASSES, (12,))
+    layers = LayerCollection.from_model(model)
+    diag = FIM(model=model, loader=DataLoader(TensorDataset(x, y), batch_size=5),
+               representation=PMatDiag, variant="classif_logits",
+               layer_collection=layers).get_diag()
+    ours = diagonal_fisher(model, [(x, y)])
+    # nngeometry's flat diagonal runs layer by layer, weight before bias.
+    flat = torch.cat([ours[f"{layer}.{attr}"].flatten() for layer in layers.layers
+                      for attr in ("weight", "bias") if f"{layer}.{attr}" in ours])
+    assert float((flat - diag).abs().max() / diag.abs().max()) < 1e-4
 
 
 def mc_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -314,6 +388,14 @@ def test_bad_kind_names_the_value_and_the_choices() -> None:
     model, x, y = small_case("mlp")
     with pytest.raises(ValueError, match=r"'fim'.*exact, mc, empirical"):
         diagonal_fisher(model, [(x, y)], kind="fim")
+
+
+def test_device_must_be_the_models() -> None:
+    model, x, y = small_case("mlp")
+    fisher_on_cpu = diagonal_fisher(model, [(x, y)], device="cpu")
+    assert set(fisher_on_cpu) == {name for name, _ in model.named_parameters()}
+    with pytest.raises(ValueError, match="device"):
+        diagonal_fisher(model, [(x, y)], device="meta")
 
 
 def test_empty_loader_is_an_error() -> None:
