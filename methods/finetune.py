@@ -14,6 +14,9 @@ class FineTune(UnlearningMethod):
 
     Baseline of Golatkar et al. (CVPR 2020) and of the PBU paper. Hyperparameters (PBU paper's
     protocol on MNIST): Adam, ``lr`` 1e-3, ``epochs`` 10, constant learning rate.
+
+    Dataset-specific setting: on the ``quick`` grid (1,258 digits images, ~18 steps per epoch)
+    lr 1e-3 leaves ~46 % forget accuracy after 10 epochs; the grid uses lr 3e-3 (0 %).
     """
 
     needs = frozenset({"retain"})

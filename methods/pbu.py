@@ -60,6 +60,10 @@ class PBU(UnlearningMethod):
     - ``fisher``: "exact" (expectation over the model's predictive distribution), "mc" or
       "empirical" (see ``methods.fisher``); ``beta=0`` / ``gamma=0`` give the ablations.
     ``epochs`` (50) is only a safety cap for the stopping rule.
+
+    Dataset-specific setting: the ``quick`` grid (embedded digits, ~126 forget images, two
+    batches per epoch) uses ``lr`` 3e-5 so that the stopping rule acts at a finer grain; with
+    1e-4 the mean A_Dr gap to retraining there grows from ~1.1 to ~1.7 points (9 cells).
     """
 
     needs = frozenset({"forget"})
