@@ -95,7 +95,7 @@ def pending_cells(grid: Grid, results_dir: Path) -> tuple[list[Cell], list[Cell]
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, root: str | None, download: bool, split_seed: int) -> ImageData:
+def cached_dataset(name: str, root: str | None, download: bool, split_seed: int) -> ImageData:
     return load_dataset(name, root=root, download=download, split_seed=split_seed)
 
 
@@ -135,7 +135,7 @@ def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
 
 
 def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
-    data = _dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+    data = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
     return _cached_training(spec=_original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
                             indices=torch.arange(len(data.train_targets)).numpy())
 
@@ -239,7 +239,7 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
             "split_seed": cell.experiment.split_seed}
     try:
         exp = cell.experiment
-        data = _dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+        data = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
         original, meta = ensure_original(exp, cell.seed, cfg)
         if cell.method == "original":
             model, fields = original, {"time_s": meta["train_s"], "timings": {}, "curve": []}

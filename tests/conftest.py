@@ -127,7 +127,7 @@ def finished_run(tmp_path_factory) -> FinishedRun:
 def digits_data():
     from bench import runner
 
-    return runner._dataset("digits", None, False, 0)
+    return runner.cached_dataset("digits", None, False, 0)
 
 
 @pytest.fixture(scope="session")
