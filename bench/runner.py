@@ -290,16 +290,20 @@ def _worker_configs(cfg: RunConfig) -> list[RunConfig]:
     return [dataclasses.replace(cfg, device=f"cuda:{i}") for i in range(count)]
 
 
-def _parallel(jobs: int):
-    from joblib import Parallel
+def _spread(fn, argument_lists: list[tuple], cfg: RunConfig):
+    """``fn(*args, cfg)`` for each argument list: in joblib workers when ``cfg.jobs > 1``,
+    results in order of completion; in this process otherwise."""
+    from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=jobs, return_as="generator_unordered")
+    if cfg.jobs < 2 or len(argument_lists) < 2:
+        return (fn(*args, cfg) for args in argument_lists)
+    configs = _worker_configs(cfg)
+    return Parallel(n_jobs=min(cfg.jobs, len(argument_lists)), return_as="generator_unordered")(
+        delayed(fn)(*args, configs[i % len(configs)]) for i, args in enumerate(argument_lists))
 
 
 def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
     """Compute every missing cell; returns (cells run, cells failed)."""
-    from joblib import delayed
-
     out = runs_path(cfg.results_dir, grid.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(out)
@@ -313,21 +317,12 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
                  for c in pending}
     missing = [(e, s) for key, (e, s) in originals.items()
                if not ModelCache(cfg.cache_dir).path(key).exists()]
-    if missing:
-        configs = _worker_configs(cfg)
-        jobs = (_parallel(min(cfg.jobs, len(missing)))(
-            delayed(train_original)(e, s, configs[i % len(configs)])
-            for i, (e, s) in enumerate(missing)) if cfg.jobs > 1 and len(missing) > 1
-            else (train_original(e, s, cfg) for e, s in missing))
-        for which, train_s in jobs:
-            log.info("trained original %s in %.1fs", which, train_s)
+    for which, train_s in _spread(train_original, missing, cfg):
+        log.info("trained original %s in %.1fs", which, train_s)
     failed = 0
     errors = out.with_name("errors.jsonl")
-    configs = _worker_configs(cfg)
-    results = (_parallel(cfg.jobs)(delayed(run_cell)(c, configs[i % len(configs)],
-                                                     curves=grid.curves)
-                                   for i, c in enumerate(pending))
-               if cfg.jobs > 1 else (run_cell(c, cfg, curves=grid.curves) for c in pending))
+    results = _spread(functools.partial(run_cell, curves=grid.curves),
+                      [(c,) for c in pending], cfg)
     for done, record in enumerate(results, 1):
         if "error" in record:
             failed += 1
