@@ -143,7 +143,7 @@ def _main(argv: list[str] | None) -> int:
     device = _device(args.device)
     jobs = args.jobs or _default_jobs(device)
     for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
-        runner.cached_dataset(exp.dataset, args.data_root, args.download, exp.split_seed)
+        runner.experiment_data(exp, root=args.data_root, download=args.download)
     cfg = runner.RunConfig(
         results_dir=args.results_dir, cache_dir=args.cache_dir or args.results_dir / ".model_cache",
         data_root=args.data_root, download=args.download, device=device, jobs=jobs,

@@ -6,6 +6,7 @@ class subsets are taken without touching the images.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,34 @@ def class_indices(targets: np.ndarray, classes: tuple[int, ...] | list[int], *,
     """Indices of samples whose label is (``include=True``) or is not in ``classes``."""
     mask = np.isin(targets, np.asarray(classes, dtype=np.int64))
     return np.flatnonzero(mask if include else ~mask)
+
+
+def subsample_per_class(data: ImageData, *, train_per_class: int | None,
+                        test_per_class: int | None, seed: int) -> ImageData:
+    """Keep at most ``*_per_class`` samples of each class per split, chosen by ``seed``.
+
+    Stratified so every class keeps its share; in-memory datasets stay in memory.
+    """
+    rng = np.random.default_rng(seed)
+
+    def pick(targets: np.ndarray, per_class: int | None) -> np.ndarray:
+        if per_class is None:
+            return np.arange(len(targets))
+        keep = [rng.permutation(np.flatnonzero(targets == c))[:per_class]
+                for c in np.unique(targets)]
+        return np.sort(np.concatenate(keep))
+
+    def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+        if isinstance(dataset, TensorDataset):
+            idx = torch.as_tensor(indices, dtype=torch.int64)
+            return TensorDataset(*(t[idx] for t in dataset.tensors))
+        return Subset(dataset, indices.tolist())
+
+    train_idx = pick(data.train_targets, train_per_class)
+    test_idx = pick(data.test_targets, test_per_class)
+    return dataclasses.replace(
+        data, train=subset(data.train, train_idx), test=subset(data.test, test_idx),
+        train_targets=data.train_targets[train_idx], test_targets=data.test_targets[test_idx])
 
 
 def make_loader(dataset: Dataset, indices: np.ndarray, *, batch_size: int, shuffle: bool,

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.accel import autocast
+
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: Iterable, *, device: torch.device
@@ -14,8 +16,9 @@ def predict_logits(model: nn.Module, loader: Iterable, *, device: torch.device
     """(logits, labels) over a loader, model in eval mode, results on the CPU."""
     model.eval()
     logits, labels = [], []
-    for x, y in loader:
-        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+    with autocast(device):
+        for x, y in loader:
+            logits.append(model(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y.cpu())
     if not logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)

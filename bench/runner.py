@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from bench.accel import configure_backends, eval_batch_size, prepare_model
 from bench.cache import ModelCache, content_key
-from bench.data import ImageData, class_indices, load_dataset, make_loader
+from bench.data import ImageData, class_indices, load_dataset, make_loader, subsample_per_class
 from bench.grids import Experiment, Grid, resolve_params
 from bench.metrics import accuracy, evaluate_splits, predict_logits
 from bench.models import build_model
@@ -26,9 +27,6 @@ from bench.training import RECIPE_VERSION, train_model
 from methods import UnlearningTask, get_method, load_plugins
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 1024
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -64,7 +62,7 @@ class Cell:
     @property
     def config_hash(self) -> str:
         e = self.experiment
-        return content_key({"train": e.train.as_dict(), "split_seed": e.split_seed,
+        return content_key({"train": e.train.as_dict(), **e.data_spec,
                             "method": self.method, "params": self.params,
                             "recipe_version": RECIPE_VERSION})
 
@@ -95,17 +93,32 @@ def pending_cells(grid: Grid, results_dir: Path) -> tuple[list[Cell], list[Cell]
 
 
 @functools.lru_cache(maxsize=4)
-def cached_dataset(name: str, root: str | None, download: bool, split_seed: int) -> ImageData:
-    return load_dataset(name, root=root, download=download, split_seed=split_seed)
+def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
+                   train_per_class: int | None = None,
+                   test_per_class: int | None = None) -> ImageData:
+    data = load_dataset(name, root=root, download=download, split_seed=split_seed)
+    if train_per_class is None and test_per_class is None:
+        return data
+    return subsample_per_class(data, train_per_class=train_per_class,
+                               test_per_class=test_per_class, seed=split_seed)
 
 
-def _model_factory(exp: Experiment, data: ImageData):
-    return functools.partial(build_model, exp.arch, num_classes=data.num_classes,
-                             in_channels=data.in_channels, image_size=data.image_size)
+def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> ImageData:
+    return cached_dataset(exp.dataset, root, download, exp.split_seed,
+                          exp.train_per_class, exp.test_per_class)
+
+
+def _model_factory(exp: Experiment, data: ImageData, device: str):
+    def make() -> torch.nn.Module:
+        return prepare_model(build_model(exp.arch, num_classes=data.num_classes,
+                                         in_channels=data.in_channels,
+                                         image_size=data.image_size), device)
+
+    return make
 
 
 def _train_spec(exp: Experiment, seed: int) -> dict[str, Any]:
-    return {"dataset": exp.dataset, "split_seed": exp.split_seed, "arch": exp.arch,
+    return {**exp.data_spec, "arch": exp.arch,
             "train": exp.train.as_dict(), "seed": seed, "recipe_version": RECIPE_VERSION}
 
 
@@ -118,12 +131,12 @@ def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
     """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
     cache = ModelCache(cfg.cache_dir)
     key = content_key(spec)
-    model = _model_factory(exp, data)()
+    model = _model_factory(exp, data, cfg.device)()
     meta = cache.load(key, model)
     if meta is None:
         device = torch.device(cfg.device)
         torch.manual_seed(seed)
-        model = _model_factory(exp, data)()
+        model = _model_factory(exp, data, cfg.device)()
         loader = make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                              seed=seed, device=device)
         start = time.perf_counter()
@@ -131,11 +144,11 @@ def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
         meta = {"spec": spec, "train_s": time.perf_counter() - start}
         cache.save(key, model, meta)
         log.debug("trained %s in %.1fs (cache %s)", spec["kind"], meta["train_s"], key)
-    return model.to(cfg.device).eval(), meta
+    return model.eval(), meta
 
 
 def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
-    data = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+    data = experiment_data(exp, root=cfg.data_root, download=cfg.download)
     return _cached_training(spec=_original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
                             indices=torch.arange(len(data.train_targets)).numpy())
 
@@ -144,6 +157,7 @@ def _prepare_worker(cfg: RunConfig) -> None:
     """Worker processes start bare: set their thread count and register the user's plugins."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    configure_backends(cfg.device)
     load_plugins(cfg.plugins, use_entry_points=False)
 
 
@@ -164,7 +178,7 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         return make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                            seed=seed, device=device)
 
-    factory = _model_factory(exp, data)
+    factory = _model_factory(exp, data, cfg.device)
     test_sets = _test_loaders(data, cell.forget_classes, device)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -182,7 +196,7 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         forget_loader=loader(True) if "forget" in needs else None,
         retain_loader=loader(False) if "retain" in needs else None,
         device=device, seed=seed,
-        make_model=(lambda: factory().to(device)) if "architecture" in needs else None,
+        make_model=factory if "architecture" in needs else None,
         train_model=((lambda m, ld: train_model(m, ld, exp.train, device=device))
                      if "architecture" in needs else None),
         log=lambda **values: curve.append(values),
@@ -194,7 +208,7 @@ def _test_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device
     return {
         f"{part}_test": make_loader(data.test, class_indices(data.test_targets, forget,
                                                               include=part == "forget"),
-                                    batch_size=EVAL_BATCH, shuffle=False, device=device)
+                                    batch_size=eval_batch_size(device), shuffle=False, device=device)
         for part in ("forget", "retain")
     }
 
@@ -212,10 +226,10 @@ def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: Run
         cache_key = content_key({"kind": cell.method, "params": cell.params,
                                  "forget_classes": cell.forget_classes,
                                  **_train_spec(cell.experiment, cell.seed)})
-        model = _model_factory(cell.experiment, data)()
+        model = _model_factory(cell.experiment, data, cfg.device)()
         meta = ModelCache(cfg.cache_dir).load(cache_key, model)
         if meta is not None:
-            return model.to(cfg.device).eval(), meta["fields"]
+            return model.eval(), meta["fields"]
     torch.manual_seed(cell.seed)
     method = cls(**cell.params)
     start = time.perf_counter()
@@ -236,10 +250,10 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
             "arch": cell.experiment.arch, "forget_classes": cell.classes_text,
             "method": cell.label, "registered_method": cell.method, "seed": cell.seed,
             "params": cell.params, "train": cell.experiment.train.as_dict(),
-            "split_seed": cell.experiment.split_seed}
+            **cell.experiment.data_spec}
     try:
         exp = cell.experiment
-        data = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed)
+        data = experiment_data(exp, root=cfg.data_root, download=cfg.download)
         original, meta = ensure_original(exp, cell.seed, cfg)
         if cell.method == "original":
             model, fields = original, {"time_s": meta["train_s"], "timings": {}, "curve": []}
@@ -250,7 +264,7 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
             f"{part}_train": make_loader(
                 data.train, class_indices(data.train_targets, cell.forget_classes,
                                           include=part == "forget"),
-                batch_size=EVAL_BATCH, shuffle=False, device=device)
+                batch_size=eval_batch_size(device), shuffle=False, device=device)
             for part in ("forget", "retain")}
         metrics = evaluate_splits(model, device=device, seed=cell.seed,
                                   **train_sets, **_test_loaders(data, cell.forget_classes, device))

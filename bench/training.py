@@ -10,6 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from bench.accel import autocast
 from bench.errors import BenchInputError
 from bench.params import coerce_number
 
@@ -76,7 +77,8 @@ def train_model(model: nn.Module, loader: Iterable, recipe: TrainRecipe, *,
         total, count = 0.0, 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            with autocast(device):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
