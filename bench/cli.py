@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel cells (joblib); default: one per CPU core on the CPU, "
                         "one per GPU on CUDA")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--backend", choices=("loky", "dask"), default="loky",
+                   help="where cells run: loky = worker processes here, dask = the workers of "
+                        "the Dask cluster at --scheduler (default: loky)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address, e.g. tcp://host:8786 (with --backend dask); "
+                        "--cache-dir must then be a path every worker shares")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="a Python file registering extra methods (repeatable)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets' files")
@@ -96,6 +102,43 @@ def _default_jobs(device: str) -> int:
     return os.cpu_count() or 1
 
 
+def _cluster_threads(address: str) -> int:
+    """The Dask cluster's worker threads (at least 1); raises bad input if it is unreachable."""
+    from bench.runner import dask_client
+
+    with dask_client(address) as client:
+        threads = client.nthreads()
+    log.info("Dask scheduler %s: %d workers, %d threads", address, len(threads),
+             sum(threads.values()))
+    return max(1, sum(threads.values()))
+
+
+def _dry_run(grid, results_dir: Path) -> None:
+    """List every cell with its state and estimated cost; the total is for cells still to run."""
+    from bench import cost, runner
+
+    cells, pending = runner.pending_cells(grid, results_dir)
+    todo = {c.key for c in pending}
+    total, unknown, trained = 0.0, 0, set()
+    for cell in cells:
+        # Each original model is trained once and shared by the forget-class sets.
+        original = runner.original_key(cell.experiment, cell.seed)
+        flops = cost.cell_flops(experiment=cell.experiment, forget_classes=cell.forget_classes,
+                                method=cell.method, params=cell.params,
+                                trains=cell.method != "original" or original not in trained)
+        if cell.method == "original":
+            trained.add(original)
+        if cell.key in todo:
+            total += flops or 0.0
+            unknown += flops is None
+        estimate = "?" if flops is None else cost.human_flops(flops)
+        print(f"{'todo' if cell.key in todo else 'done'}  {cell.key:48s} {estimate:>16s}")
+    times = ", ".join(f"{total / (rate * 1e12) / 3600:,.1f} h on a {where} at {rate:g} TFLOP/s"
+                      for where, rate in cost.ASSUMED_TFLOPS.items())
+    print(f"{len(cells)} cells, {len(pending)} to run: about {cost.human_flops(total)} "
+          f"({times})" + (f"; {unknown} cells of unknown cost left out" if unknown else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -121,6 +164,10 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if args.jobs is not None and args.jobs < 1:
         raise BenchInputError(f"--jobs {args.jobs}: must be at least 1")
+    if args.backend == "dask" and not args.scheduler:
+        raise BenchInputError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    if args.scheduler and args.backend != "dask":
+        raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
 
     from bench import grids, render, runner
 
@@ -134,24 +181,30 @@ def _main(argv: list[str] | None) -> int:
         seeds=_seeds(args.seeds) if args.seeds else None,
         classes=_classes(args.classes) if args.classes else None)
     if args.dry_run:
-        cells, pending = runner.pending_cells(grid, args.results_dir)
-        todo = {c.key for c in pending}
-        for cell in cells:
-            print(f"{'todo' if cell.key in todo else 'done'}  {cell.key}")
-        print(f"{len(cells)} cells, {len(pending)} to run")
+        _dry_run(grid, args.results_dir)
         return 0
     device = _device(args.device)
-    jobs = args.jobs or _default_jobs(device)
+    # Absolute paths: Dask workers do not share this process's working directory.
+    data_root = args.data_root and str(Path(args.data_root).resolve())
     for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
-        runner.experiment_data(exp, root=args.data_root, download=args.download)
-    cfg = runner.RunConfig(
-        results_dir=args.results_dir, cache_dir=args.cache_dir or args.results_dir / ".model_cache",
-        data_root=args.data_root, download=args.download, device=device, jobs=jobs,
+        runner.experiment_data(exp, root=data_root, download=args.download)
+    if args.backend == "dask":
+        # Connect even with --jobs: an unreachable scheduler is bad input before anything is
+        # written, not an error halfway through the grid.
+        cluster_threads = _cluster_threads(args.scheduler)
+        jobs = args.jobs or cluster_threads
+        threads = 1  # this machine's core count says nothing about the workers'
+    else:
+        jobs = args.jobs or _default_jobs(device)
         # Intra-op threads barely help the small models of CPU grids and collapse when
         # workers oversubscribe the cores, so the cores are shared out between workers.
-        threads=max(1, (os.cpu_count() or 1) // jobs),
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    cfg = runner.RunConfig(
+        results_dir=args.results_dir,
+        cache_dir=(args.cache_dir or args.results_dir / ".model_cache").resolve(),
+        data_root=data_root, download=args.download, device=device, jobs=jobs, threads=threads,
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
-        git_commit=runner.git_commit(REPO))
+        git_commit=runner.git_commit(REPO), backend=args.backend, scheduler=args.scheduler)
     start = time.perf_counter()
     ran, failed = runner.run_grid(grid, cfg)
     written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)

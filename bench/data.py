@@ -44,19 +44,23 @@ class DatasetInfo:
     in_channels: int
     image_size: int
     load: Loader
+    # Sizes of the standard splits, for cost estimates without reading the files.
+    train_size: int | None = None
+    test_size: int | None = None
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, *, num_classes: int, in_channels: int,
-                     image_size: int) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, num_classes: int, in_channels: int, image_size: int,
+                     train_size: int | None = None,
+                     test_size: int | None = None) -> Callable[[Loader], Loader]:
     """Register ``load(*, root, download, split_seed) -> ImageData`` under ``name``."""
 
     def decorate(load: Loader) -> Loader:
         _DATASETS[name] = DatasetInfo(name=name, num_classes=num_classes,
                                       in_channels=in_channels, image_size=image_size,
-                                      load=load)
+                                      load=load, train_size=train_size, test_size=test_size)
         return load
 
     return decorate
@@ -80,7 +84,8 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
     return dataset_info(name).load(root=root, download=download, split_seed=split_seed)
 
 
-@register_dataset("digits", num_classes=10, in_channels=1, image_size=8)
+@register_dataset("digits", num_classes=10, in_channels=1, image_size=8, train_size=1257,
+                  test_size=540)
 def load_digits(*, root: str | Path | None = None, download: bool = False,
                 split_seed: int = 0) -> ImageData:
     """scikit-learn's bundled 8x8 digits (1,797 images), stratified 70/30 split by ``split_seed``."""

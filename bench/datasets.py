@@ -192,7 +192,8 @@ def _torchvision_fetch(dataset_class: str) -> Callable[[Path], None]:
     return fetch
 
 
-@register_dataset("mnist", num_classes=10, in_channels=1, image_size=28)
+@register_dataset("mnist", num_classes=10, in_channels=1, image_size=28, train_size=60000,
+                  test_size=10000)
 def load_mnist(*, root: str | Path | None = None, download: bool = False,
                split_seed: int = 0) -> ImageData:
     """MNIST digits, 60,000 train / 10,000 test, from IDX files."""
@@ -202,7 +203,8 @@ def load_mnist(*, root: str | Path | None = None, download: bool = False,
                              fetch=_torchvision_fetch("MNIST"))
 
 
-@register_dataset("fashion-mnist", num_classes=10, in_channels=1, image_size=28)
+@register_dataset("fashion-mnist", num_classes=10, in_channels=1, image_size=28,
+                  train_size=60000, test_size=10000)
 def load_fashion_mnist(*, root: str | Path | None = None, download: bool = False,
                        split_seed: int = 0) -> ImageData:
     """Fashion-MNIST, 60,000 train / 10,000 test; also found where Debian's package puts it."""
@@ -279,7 +281,8 @@ def _cifar_classes(path: Path, *, num_classes: int) -> tuple[str, ...]:
     return tuple(n.decode("utf-8") for n in names)
 
 
-@register_dataset("cifar100", num_classes=100, in_channels=3, image_size=32)
+@register_dataset("cifar100", num_classes=100, in_channels=3, image_size=32, train_size=50000,
+                  test_size=10000)
 def load_cifar100(*, root: str | Path | None = None, download: bool = False,
                   split_seed: int = 0) -> ImageData:
     """CIFAR-100 (fine labels), 50,000 train / 10,000 test, per-channel train normalisation."""
@@ -362,7 +365,8 @@ def _food_split(folder: Path, *, split: str,
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-@register_dataset("food101", num_classes=101, in_channels=3, image_size=224)
+@register_dataset("food101", num_classes=101, in_channels=3, image_size=224, train_size=75750,
+                  test_size=25250)
 def load_food101(*, root: str | Path | None = None, download: bool = False,
                  split_seed: int = 0) -> ImageData:
     """Food-101, 75,750 train / 25,250 test JPEGs, read lazily and centre-cropped to 224."""

@@ -8,89 +8,12 @@ from typing import Any
 
 import yaml
 
+from bench.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS  # noqa: F401 (re-exported)
 from bench.data import dataset_info
 from bench.errors import BenchInputError
-from bench.models import check_arch
+from bench.models import check_arch, check_pretrained
 from bench.training import TrainRecipe
 from methods import PluginError, get_method
-
-PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
-
-BUILTIN_GRIDS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "name": "quick",
-        "seeds": [0, 1, 2],
-        "methods": PAPER_METHODS,
-        "curves": True,
-        "experiments": [{
-            "dataset": "digits",
-            "arch": "smallcnn",
-            "forget_classes": [[2], [6], [8]],
-            "train": {"epochs": 15, "lr": 1e-3, "batch_size": 64},
-            # 1,258 training images give each method only a few optimiser steps per epoch, so
-            # the step sizes below are raised (lowered for PBU, whose stopping rule then acts
-            # at a finer grain); each method's docstring names the setting. Measured on 9 cells.
-            "method_params": {"finetune": {"lr": 3e-3},
-                              "bad_teaching": {"epochs": 5, "lr": 1e-2},
-                              "pbu": {"lr": 3e-5},
-                              # Not run by default (--methods pbu_official adds it): the
-                              # official 5 epochs over MNIST's ~6,000-image forget class are
-                              # ~470 Adam steps; digits' ~126 images need ~235 epochs for that.
-                              "pbu_official": {"epochs": 235}},
-        }],
-    },
-}
-
-def _fashion_experiment(arch: str) -> dict[str, Any]:
-    return {
-        "dataset": "fashion-mnist",
-        "arch": arch,
-        "forget_classes": [[2], [6], [8]],
-        # Sized for a 2-core CPU (README: under 2 hours for the whole grid): 300 training and
-        # 200 test images per class, drawn once by split_seed; 4 epochs of the usual recipe.
-        "train_per_class": 300,
-        "test_per_class": 200,
-        "train": {"epochs": 4, "lr": 1e-3, "batch_size": 64},
-        # With 3,000 training images each method gets few steps per epoch: fine-tuning runs 3
-        # retain epochs at a raised lr (10 paper epochs would cost more than retraining), Bad
-        # Teaching 3 epochs at the lr that forgets on the quick grid, UNSIR a 64-image noise
-        # batch (a quarter of its default, a quarter of its cost on ResNet-18).
-        "method_params": {"finetune": {"epochs": 3, "lr": 3e-3},
-                          "bad_teaching": {"epochs": 3, "lr": 1e-2},
-                          "fast_effective": {"noise_samples": 64}},
-    }
-
-
-BUILTIN_GRIDS["fashion"] = {
-    "name": "fashion",
-    "seeds": [0, 1, 2],
-    # pbu_official is left out: step-matching its official 5 MNIST epochs (~470 Adam steps) on
-    # 300 forget images is 94 epochs, 40 more minutes on ResNet-18; the quick and
-    # pbu-ablation grids compare it with pbu.
-    "methods": PAPER_METHODS,
-    "experiments": [_fashion_experiment("smallcnn"), _fashion_experiment("resnet18")],
-}
-
-BUILTIN_GRIDS["pbu-ablation"] = {
-    "name": "pbu-ablation",
-    "seeds": [0, 1, 2],
-    "curves": True,
-    "methods": [
-        "retrain", "pbu", "pbu_official",
-        {"name": "pbu_beta0", "method": "pbu", "params": {"beta": 0.0}},
-        {"name": "pbu_gamma0", "method": "pbu", "params": {"gamma": 0.0}},
-        {"name": "pbu_mc", "method": "pbu", "params": {"fisher": "mc"}},
-        {"name": "pbu_empirical", "method": "pbu", "params": {"fisher": "empirical"}},
-    ],
-    "experiments": [{
-        **BUILTIN_GRIDS["quick"]["experiments"][0],
-        "method_params": {
-            **BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"],
-            **{name: {"lr": 3e-5} for name in
-               ("pbu_beta0", "pbu_gamma0", "pbu_mc", "pbu_empirical")},
-        },
-    }],
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +36,7 @@ class Experiment:
     # Stratified caps on each split, drawn by split_seed, to size a grid for small machines.
     train_per_class: int | None = None
     test_per_class: int | None = None
+    pretrained: str | None = None    # "imagenet": start from torchvision's weights
 
     @property
     def data_spec(self) -> dict[str, Any]:
@@ -123,9 +47,14 @@ class Experiment:
                 spec[key] = getattr(self, key)
         return spec
 
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        """The architecture and its starting weights (part of every cache key)."""
+        return {"arch": self.arch, **({"pretrained": self.pretrained} if self.pretrained else {})}
+
     def as_raw(self) -> dict[str, Any]:
         """The grid entry this experiment was parsed from (for re-parsing with changes)."""
-        return {**self.data_spec, "arch": self.arch, "forget_classes": list(self.forget_classes),
+        return {**self.data_spec, **self.model_spec, "forget_classes": list(self.forget_classes),
                 "train": self.train.as_dict(), "method_params": self.method_params}
 
 
@@ -177,7 +106,7 @@ def _experiment(raw: Any, index: int) -> Experiment:
     if not isinstance(raw, dict):
         raise BenchInputError(f"experiment {index} must be a mapping, got {raw!r}")
     known = {"dataset", "arch", "forget_classes", "train", "method_params", "split_seed",
-             *SUBSAMPLE_KEYS}
+             "pretrained", *SUBSAMPLE_KEYS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise BenchInputError(f"experiment {index} has unknown key(s) {', '.join(unknown)}; "
@@ -187,6 +116,7 @@ def _experiment(raw: Any, index: int) -> Experiment:
             raise BenchInputError(f"experiment {index} lacks {key!r}")
     info = dataset_info(str(raw["dataset"]))
     check_arch(str(raw["arch"]))
+    check_pretrained(str(raw["arch"]), raw.get("pretrained"))
     sets = raw["forget_classes"]
     if not isinstance(sets, list) or not sets:
         raise BenchInputError(f"forget_classes of experiment {index} must be a non-empty list")
@@ -212,7 +142,8 @@ def _experiment(raw: Any, index: int) -> Experiment:
     return Experiment(dataset=info.name, arch=str(raw["arch"]), forget_classes=forget,
                       train=TrainRecipe.from_dict(dict(raw.get("train") or {})),
                       method_params={str(k): dict(v or {}) for k, v in method_params.items()},
-                      split_seed=int(raw.get("split_seed", 0)), **caps)
+                      split_seed=int(raw.get("split_seed", 0)),
+                      pretrained=raw.get("pretrained"), **caps)
 
 
 def parse_grid(raw: Any) -> Grid:

@@ -19,7 +19,7 @@ def predict_logits(model: nn.Module, loader: Iterable, *, device: torch.device
     with autocast(device):
         for x, y in loader:
             logits.append(model(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(y.cpu())
+            labels.append(y.cpu())
     if not logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
     return torch.cat(logits), torch.cat(labels)

@@ -1,7 +1,11 @@
 """Architecture registry. Adaptation to 1-channel and small inputs lives here, once per arch."""
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -9,15 +13,21 @@ import torch.nn.functional as F
 
 from bench.errors import BenchInputError
 
+log = logging.getLogger(__name__)
+
 Builder = Callable[..., nn.Module]
 _ARCHS: dict[str, Builder] = {}
+_TORCHVISION: list[str] = []
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 # Below this input size the ImageNet stems (stride-2 conv + pooling) throw away most pixels.
 SMALL_INPUT = 64
 
 
 def register_arch(name: str) -> Callable[[Builder], Builder]:
-    """Register ``build(*, num_classes, in_channels, image_size) -> nn.Module``."""
+    """Register ``build(*, num_classes, in_channels, image_size, state) -> nn.Module``;
+    ``state`` is an ImageNet state dict for torchvision architectures, else None."""
 
     def decorate(build: Builder) -> Builder:
         _ARCHS[name] = build
@@ -35,9 +45,62 @@ def check_arch(name: str) -> None:
         raise BenchInputError(f"unknown architecture {name!r}; available: {', '.join(list_archs())}")
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+PRETRAINED = ("imagenet",)
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
+                pretrained: str | None = None, download: bool = False) -> nn.Module:
+    """A fresh model; ``pretrained="imagenet"`` starts from torchvision's ImageNet weights."""
     check_arch(name)
-    return _ARCHS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    check_pretrained(name, pretrained)
+    state = imagenet_state(name, download=download) if pretrained else None
+    return _ARCHS[name](num_classes=num_classes, in_channels=in_channels,
+                        image_size=image_size, state=state)
+
+
+def check_pretrained(name: str, pretrained: str | None) -> None:
+    if pretrained is None:
+        return
+    if pretrained not in PRETRAINED:
+        raise BenchInputError(f"pretrained {pretrained!r}; allowed: {', '.join(PRETRAINED)} "
+                              "or absent")
+    if name not in _TORCHVISION:
+        raise BenchInputError(f"architecture {name!r} has no ImageNet weights; pretrained "
+                              f"works with {', '.join(_TORCHVISION)}")
+
+
+def imagenet_state(name: str, *, download: bool) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for ``name`` from the local torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``), fetched there first only when ``download`` is set."""
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not path.is_file():
+        if not download:
+            raise BenchInputError(f"ImageNet weights for {name} not found at {path}; "
+                                  "put torchvision's file there or pass --download")
+        weights.get_state_dict(progress=False)  # torchvision saves it to ``path``
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_matching(model: nn.Module, state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """Copy every tensor whose name and shape match; the rest (a new classifier head, a stem
+    rebuilt for 1-channel or small inputs) keeps its fresh initialisation."""
+    if state is None:
+        return model
+    own = model.state_dict()
+    # DenseNet files predate torchvision's module names: "norm.1" is now "norm1".
+    state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < len(own) // 2:
+        raise BenchInputError(f"the ImageNet weights fit only {len(matched)} of "
+                              f"{type(model).__name__}'s {len(own)} tensors: wrong file?")
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    log.info("ImageNet weights: %d tensors loaded, fresh: %s", len(matched),
+             ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
+    return model
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -46,9 +109,10 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 @register_arch("smallcnn")
-def small_cnn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def small_cnn(*, num_classes: int, in_channels: int, image_size: int,
+              state: None = None) -> nn.Module:
     """Three conv-BN-ReLU blocks and a linear head; works for any input of 8 pixels or more."""
-    del image_size
+    del image_size, state
     return nn.Sequential(
         _conv_bn(in_channels, 32), _conv_bn(32, 64), nn.MaxPool2d(2),
         _conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
@@ -56,9 +120,10 @@ def small_cnn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modu
 
 
 @register_arch("allcnn")
-def all_cnn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def all_cnn(*, num_classes: int, in_channels: int, image_size: int,
+            state: None = None) -> nn.Module:
     """All-CNN-C (Springenberg et al., 2015) with BatchNorm, as used by Bad Teaching's code."""
-    del image_size
+    del image_size, state
     return nn.Sequential(
         _conv_bn(in_channels, 96), _conv_bn(96, 96), _conv_bn(96, 96, stride=2),
         _conv_bn(96, 192), _conv_bn(192, 192), _conv_bn(192, 192, stride=2),
@@ -75,8 +140,9 @@ def _replace_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Co
 
 
 def _resnet(factory: Callable[..., nn.Module]) -> Builder:
-    def build(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        model = factory(num_classes=num_classes)
+    def build(*, num_classes: int, in_channels: int, image_size: int,
+              state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        model = _load_matching(factory(num_classes=num_classes), state)
         small = image_size < SMALL_INPUT
         if small or in_channels != 3:
             model.conv1 = _replace_first_conv(model.conv1, in_channels, small)
@@ -88,8 +154,9 @@ def _resnet(factory: Callable[..., nn.Module]) -> Builder:
 
 
 def _densenet(factory: Callable[..., nn.Module]) -> Builder:
-    def build(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        model = factory(num_classes=num_classes)
+    def build(*, num_classes: int, in_channels: int, image_size: int,
+              state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        model = _load_matching(factory(num_classes=num_classes), state)
         small = image_size < SMALL_INPUT
         if small or in_channels != 3:
             model.features.conv0 = _replace_first_conv(model.features.conv0, in_channels, small)
@@ -116,8 +183,9 @@ class ResizeTo(nn.Module):
 
 
 def _convnext(factory: Callable[..., nn.Module]) -> Builder:
-    def build(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        model = factory(num_classes=num_classes)
+    def build(*, num_classes: int, in_channels: int, image_size: int,
+              state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        model = _load_matching(factory(num_classes=num_classes), state)
         if in_channels != 3:
             stem = model.features[0][0]
             model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size,
@@ -130,11 +198,11 @@ def _convnext(factory: Callable[..., nn.Module]) -> Builder:
 def _register_torchvision() -> None:
     from torchvision import models as tv
 
-    for name in ("resnet18", "resnet34", "resnet50"):
-        register_arch(name)(_resnet(getattr(tv, name)))
-    register_arch("densenet121")(_densenet(tv.densenet121))
-    for name in ("convnext_tiny", "convnext_large"):
-        register_arch(name)(_convnext(getattr(tv, name)))
+    adapters = {"resnet18": _resnet, "resnet34": _resnet, "resnet50": _resnet,
+                "densenet121": _densenet, "convnext_tiny": _convnext, "convnext_large": _convnext}
+    for name, adapt in adapters.items():
+        register_arch(name)(adapt(getattr(tv, name)))
+        _TORCHVISION.append(name)
 
 
 _register_torchvision()

@@ -1,6 +1,7 @@
 """Turns a grid into cells, runs the missing ones (in parallel) and appends their records."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -19,6 +20,7 @@ import torch
 from bench.accel import configure_backends, eval_batch_size, prepare_model
 from bench.cache import ModelCache, content_key
 from bench.data import ImageData, class_indices, load_dataset, make_loader, subsample_per_class
+from bench.errors import BenchInputError
 from bench.grids import Experiment, Grid, resolve_params
 from bench.metrics import accuracy, evaluate_splits, predict_logits
 from bench.models import build_model
@@ -39,6 +41,8 @@ class RunConfig:
     threads: int = 0            # torch threads per worker; 0 = leave torch's setting
     plugins: tuple[str, ...] = ()  # re-imported in worker processes
     git_commit: str = "unknown"
+    backend: str = "loky"        # joblib backend of _spread: "loky" (this machine) or "dask"
+    scheduler: str | None = None  # the Dask scheduler's address when backend is "dask"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +66,9 @@ class Cell:
     @property
     def config_hash(self) -> str:
         e = self.experiment
-        return content_key({"train": e.train.as_dict(), **e.data_spec,
+        # arch is in the key; model_spec adds only what goes beyond it (starting weights).
+        extra = {k: v for k, v in e.model_spec.items() if k != "arch"}
+        return content_key({"train": e.train.as_dict(), **e.data_spec, **extra,
                             "method": self.method, "params": self.params,
                             "recipe_version": RECIPE_VERSION})
 
@@ -108,17 +114,20 @@ def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> Ima
                           exp.train_per_class, exp.test_per_class)
 
 
-def _model_factory(exp: Experiment, data: ImageData, device: str):
+def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
+                   initialised: bool = True):
+    """``initialised=False`` skips reading pretrained weights, for models loaded from the cache."""
     def make() -> torch.nn.Module:
-        return prepare_model(build_model(exp.arch, num_classes=data.num_classes,
-                                         in_channels=data.in_channels,
-                                         image_size=data.image_size), device)
+        model = build_model(exp.arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size, download=cfg.download,
+                            pretrained=exp.pretrained if initialised else None)
+        return prepare_model(model, cfg.device)
 
     return make
 
 
 def _train_spec(exp: Experiment, seed: int) -> dict[str, Any]:
-    return {**exp.data_spec, "arch": exp.arch,
+    return {**exp.data_spec, **exp.model_spec,
             "train": exp.train.as_dict(), "seed": seed, "recipe_version": RECIPE_VERSION}
 
 
@@ -126,17 +135,22 @@ def _original_spec(exp: Experiment, seed: int) -> dict[str, Any]:
     return {"kind": "original", **_train_spec(exp, seed)}
 
 
+def original_key(exp: Experiment, seed: int) -> str:
+    """Cache key of the original model, shared by every cell of ``exp`` and ``seed``."""
+    return content_key(_original_spec(exp, seed))
+
+
 def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
                      indices, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
     cache = ModelCache(cfg.cache_dir)
     key = content_key(spec)
-    model = _model_factory(exp, data, cfg.device)()
+    model = _model_factory(exp, data, cfg, initialised=False)()
     meta = cache.load(key, model)
     if meta is None:
         device = torch.device(cfg.device)
         torch.manual_seed(seed)
-        model = _model_factory(exp, data, cfg.device)()
+        model = _model_factory(exp, data, cfg)()
         loader = make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                              seed=seed, device=device)
         start = time.perf_counter()
@@ -178,7 +192,7 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         return make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                            seed=seed, device=device)
 
-    factory = _model_factory(exp, data, cfg.device)
+    factory = _model_factory(exp, data, cfg)
     test_sets = _test_loaders(data, cell.forget_classes, device)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -226,7 +240,7 @@ def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: Run
         cache_key = content_key({"kind": cell.method, "params": cell.params,
                                  "forget_classes": cell.forget_classes,
                                  **_train_spec(cell.experiment, cell.seed)})
-        model = _model_factory(cell.experiment, data, cfg.device)()
+        model = _model_factory(cell.experiment, data, cfg, initialised=False)()
         meta = ModelCache(cfg.cache_dir).load(cache_key, model)
         if meta is not None:
             return model.eval(), meta["fields"]
@@ -304,16 +318,52 @@ def _worker_configs(cfg: RunConfig) -> list[RunConfig]:
     return [dataclasses.replace(cfg, device=f"cuda:{i}") for i in range(count)]
 
 
+@contextlib.contextmanager
+def dask_client(address: str):
+    """A ``distributed.Client`` connected to ``address``, closed on exit; a missing package or an
+    unreachable scheduler is bad input (the connect timeout is dask's
+    ``distributed.comm.timeouts.connect``)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise BenchInputError("--backend dask needs dask.distributed, which is not installed: "
+                              "pip install -e '.[dask]'") from None
+    try:
+        client = Client(address, set_as_default=False)
+    except (OSError, ValueError) as exc:  # refused, timed out, or not an address at all
+        raise BenchInputError(f"--scheduler {address!r}: cannot connect to a Dask scheduler "
+                              f"({exc})") from None
+    with client:
+        yield client
+
+
+@contextlib.contextmanager
+def _joblib_backend(cfg: RunConfig):
+    """Loky's worker processes on this machine, or the Dask cluster's workers."""
+    if cfg.backend != "dask":
+        yield
+        return
+    from joblib import parallel_config
+
+    with dask_client(cfg.scheduler) as client, parallel_config(backend="dask", client=client):
+        yield
+
+
 def _spread(fn, argument_lists: list[tuple], cfg: RunConfig):
     """``fn(*args, cfg)`` for each argument list: in joblib workers when ``cfg.jobs > 1``,
     results in order of completion; in this process otherwise."""
     from joblib import Parallel, delayed
 
     if cfg.jobs < 2 or len(argument_lists) < 2:
-        return (fn(*args, cfg) for args in argument_lists)
-    configs = _worker_configs(cfg)
-    return Parallel(n_jobs=min(cfg.jobs, len(argument_lists)), return_as="generator_unordered")(
-        delayed(fn)(*args, configs[i % len(configs)]) for i, args in enumerate(argument_lists))
+        yield from (fn(*args, cfg) for args in argument_lists)
+        return
+    # This machine's GPU count says nothing about a cluster's workers: each uses its own "cuda".
+    configs = [cfg] if cfg.backend == "dask" else _worker_configs(cfg)
+    # A generator, so that the Dask client stays connected until the last result is taken.
+    with _joblib_backend(cfg):
+        yield from Parallel(n_jobs=min(cfg.jobs, len(argument_lists)),
+                            return_as="generator_unordered")(
+            delayed(fn)(*args, configs[i % len(configs)]) for i, args in enumerate(argument_lists))
 
 
 def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
@@ -327,7 +377,7 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
     if not pending:
         return 0, 0
     # Originals first, once each, so parallel cells never train the same model twice.
-    originals = {content_key(_original_spec(c.experiment, c.seed)): (c.experiment, c.seed)
+    originals = {original_key(c.experiment, c.seed): (c.experiment, c.seed)
                  for c in pending}
     missing = [(e, s) for key, (e, s) in originals.items()
                if not ModelCache(cfg.cache_dir).path(key).exists()]

@@ -1,5 +1,5 @@
 """Unlearning methods: the registry, the plugin contract and the paper's five methods."""
-from methods.base import DATA_NEEDS, UnlearningMethod, UnlearningTask
+from methods.base import DATA_NEEDS, CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import (
     ENTRY_POINT_GROUP,
     PluginError,
@@ -13,6 +13,7 @@ from methods.registry import (
 from methods import bad_teaching, fast_effective, finetune, pbu, retrain  # noqa: E402,F401
 
 __all__ = [
+    "CellShape",
     "DATA_NEEDS",
     "ENTRY_POINT_GROUP",
     "PluginError",

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from methods.base import UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.mixing import interleave
 from methods.registry import register_method
 
@@ -60,3 +60,7 @@ class BadTeaching(UnlearningMethod):
                 optimizer.step()
             task.log(epoch=epoch + 1, loss=float(loss.detach()))
         return model.eval()
+
+    def estimate_passes(self, shape: CellShape) -> float:
+        # A student step (3) plus one teacher's forward (1) per sample.
+        return 4.0 * self.epochs * (shape.n_forget + self.retain_fraction * shape.n_retain)

@@ -47,6 +47,17 @@ class UnlearningTask:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CellShape:
+    """Sizes of one cell, for estimating what a method costs before running it."""
+
+    n_forget: int            # forget-class training samples
+    n_retain: int            # retain-class training samples
+    num_classes: int
+    forget_class_count: int
+    train_epochs: int        # the original model's training recipe
+
+
 class UnlearningMethod(abc.ABC):
     """Base class of every method. Subclasses set ``needs`` and take hyperparameters as kwargs.
 
@@ -58,6 +69,12 @@ class UnlearningMethod(abc.ABC):
 
     @abc.abstractmethod
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module: ...
+
+    def estimate_passes(self, shape: CellShape) -> float | None:
+        """Work of ``unlearn`` in single-sample forward passes (a training step counts 3:
+        forward and backward), an upper bound for ``--dry-run``; None when unknown."""
+        del shape
+        return None
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:

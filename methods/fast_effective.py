@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from methods.base import UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.mixing import interleave, take_batches
 from methods.registry import register_method
 
@@ -81,6 +81,12 @@ class FastEffective(UnlearningMethod):
                     task=task)
         task.log(epoch=2, phase="repair")
         return model.eval()
+
+    def estimate_passes(self, shape: CellShape) -> float:
+        noise = self.noise_samples * shape.forget_class_count
+        subset = min(shape.n_retain,
+                     self.retain_per_class * (shape.num_classes - shape.forget_class_count))
+        return 3.0 * (self.noise_steps * noise + (noise + subset) + subset)
 
     @staticmethod
     def _epoch(model: torch.nn.Module, batches, *, lr: float, task: UnlearningTask) -> None:

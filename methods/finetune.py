@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from bench.training import TrainRecipe, train_model
-from methods.base import UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
 
 
@@ -26,3 +26,6 @@ class FineTune(UnlearningMethod):
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         return train_model(model, task.retain_loader, self.recipe, device=task.device)
+
+    def estimate_passes(self, shape: CellShape) -> float:
+        return 3.0 * self.recipe.epochs * shape.n_retain

@@ -7,7 +7,7 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
-from methods.base import UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.fisher import KINDS as FISHER_KINDS, diagonal_fisher
 from methods.registry import register_method
 
@@ -116,6 +116,12 @@ class PBU(UnlearningMethod):
                 break
         task.timings["optimise_s"] = time.perf_counter() - start
         return model.eval()
+
+    def estimate_passes(self, shape: CellShape) -> float:
+        # Exact Fisher: one forward and a backward to the activations per class; the stopping
+        # rule usually ends well before ``epochs``, which this upper bound ignores.
+        fisher = {"exact": 1 + 2 * shape.num_classes, "mc": 3, "empirical": 3}[self.fisher]
+        return shape.n_forget * (fisher * bool(self.beta) + 3.0 * self.epochs)
 
     def make_optimizer(self, params: list[torch.Tensor], device: torch.device
                        ) -> torch.optim.Optimizer:

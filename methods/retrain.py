@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
 
 
@@ -22,3 +22,6 @@ class Retrain(UnlearningMethod):
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         del model  # retraining never looks at the original
         return task.train_model(task.make_model(), task.retain_loader)
+
+    def estimate_passes(self, shape: CellShape) -> float:
+        return 3.0 * shape.train_epochs * shape.n_retain

@@ -242,7 +242,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
     result = run_cli(["--grid", "tiny.yaml", "--dry-run", "--seeds", "0,1", *OUT], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-1] == "6 cells, 6 to run"
+    assert lines[-1].startswith("6 cells, 6 to run: about ")
     cells = sorted(line.split()[1] for line in lines[:-1])
     assert cells == sorted(f"digits/smallcnn/2/{m}/{s}" for m in ("original", "pbu", "finetune")
                            for s in (0, 1))
@@ -254,7 +254,7 @@ def test_dry_run_of_a_finished_grid_shows_all_done(finished_run, tmp_path):
     run = finished_run.copy_to(tmp_path / "run")
     before = tree(run.root)
     result = run_cli(["--grid", "tiny.yaml", "--dry-run", *OUT], cwd=run.root)
-    assert result.stdout.splitlines()[-1] == f"{TINY_CELLS} cells, 0 to run"
+    assert result.stdout.splitlines()[-1].startswith(f"{TINY_CELLS} cells, 0 to run: about 0 FLOP")
     assert all(line.startswith("done  ") for line in result.stdout.splitlines()[:-1])
     assert tree(run.root) == before
 
@@ -373,9 +373,12 @@ def test_plugin_method_runs_only_its_own_cells(finished_run, tmp_path):
 
     dry = run_cli([*args, "--dry-run"], cwd=run.root)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines() == ["done  digits/smallcnn/2/original/0",
-                                       "todo  digits/smallcnn/2/zero_head/0",
-                                       "2 cells, 1 to run"]
+    lines = [line.split() for line in dry.stdout.splitlines()]
+    assert [line[:2] for line in lines[:2]] == [["done", "digits/smallcnn/2/original/0"],
+                                                ["todo", "digits/smallcnn/2/zero_head/0"]]
+    assert lines[1][2] == "?"  # the plugin gives no cost estimate
+    assert dry.stdout.splitlines()[2].startswith("2 cells, 1 to run: about 0 FLOP")
+    assert dry.stdout.splitlines()[2].endswith("; 1 cells of unknown cost left out")
 
     result = run_cli(args, cwd=run.root)
     assert result.returncode == 0, result.stderr
