@@ -43,13 +43,16 @@ def _fashion_experiment(arch: str) -> dict[str, Any]:
         "train_per_class": 300,
         "test_per_class": 200,
         "train": {"epochs": 4, "lr": 1e-3, "batch_size": 64},
-        # With 3,000 training images each method gets few steps per epoch: fine-tuning runs 3
-        # retain epochs at a raised lr (10 paper epochs would cost more than retraining), Bad
-        # Teaching 3 epochs at the lr that forgets on the quick grid, UNSIR a 64-image noise
-        # batch (a quarter of its default, a quarter of its cost on ResNet-18).
-        "method_params": {"finetune": {"epochs": 3, "lr": 3e-3},
+        # Measured on these 3,000 images (smallcnn, class 6, seeds 0-1; retrain keeps 81 %
+        # retain accuracy): PBU at its default lr 1e-4 keeps 45 % (ResNet-18, class 2: 11 %),
+        # at 1e-5 76 %; fine-tuning at the paper's lr 1e-3 forgets in 3 epochs and keeps 75 %
+        # (lr 3e-3: 70 %; 10 epochs would cost more than retraining); Bad Teaching gets 3
+        # epochs at the lr that forgets on the quick grid; UNSIR a 64-image noise batch (a
+        # quarter of its default and of its cost on ResNet-18).
+        "method_params": {"finetune": {"epochs": 3, "lr": 1e-3},
                           "bad_teaching": {"epochs": 3, "lr": 1e-2},
-                          "fast_effective": {"noise_samples": 64}},
+                          "fast_effective": {"noise_samples": 64},
+                          "pbu": {"lr": 1e-5}},
     }
 
 

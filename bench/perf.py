@@ -2,6 +2,7 @@
 
 ``python -m bench.perf fisher [--samples 256] [--batch 64] [--model resnet18]``
 ``python -m bench.perf pbu-step [--batch 64] [--steps 10] [--model resnet18]``
+``python -m bench.perf throughput [--grid paper] [--device cuda] [--archs a,b]``
 
 Each engine runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own
 and no engine warms caches or allocator pools for another. A worker builds the same model
@@ -71,9 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--model", default="resnet18",
                       help="architecture from bench.models (1-channel 28x28 inputs)")
     step.add_argument("--device", default="cpu")
+    speed = commands.add_parser("throughput", help="training/evaluation images/s per grid "
+                                                   "architecture and fraction of matmul peak")
+    speed.add_argument("--grid", default=None,
+                       help="built-in grid whose (dataset, arch) rows to time (default: paper "
+                            "on CUDA, fashion on the CPU)")
+    speed.add_argument("--archs", default=None, help="comma-separated subset of architectures")
+    speed.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
+    speed.add_argument("--steps", type=int, default=10, help="timed steps; the median counts")
+    speed.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
     if args.command == "pbu-step":
         return _pbu_step(args, parser)
+    if args.command == "throughput":
+        return _throughput(args, parser)
     if min(args.samples, args.batch, args.ref_samples, args.repeats) < 1:
         parser.error("--samples, --batch, --ref-samples and --repeats must be positive")
     if args.worker:
@@ -110,6 +122,33 @@ def _pbu_step(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     result = pbu_step_benchmark(model_name=args.model, batch=args.batch, steps=args.steps,
                                 device=args.device)
     print(report(result, batch=args.batch))
+    return 0
+
+
+def _throughput(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bench import perf_throughput
+    from bench.errors import BenchInputError
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    grid = args.grid or ("paper" if device.startswith("cuda") else "fashion")
+    if min(args.steps, args.warmup + 1) < 1:
+        parser.error("--steps must be positive and --warmup not negative")
+    archs = [a for a in args.archs.split(",") if a] if args.archs else None
+    try:
+        rows = perf_throughput.grid_rows(grid)
+    except BenchInputError as exc:
+        parser.error(str(exc))
+    missing = sorted(set(archs or []) - {r.arch for r in rows})
+    if missing:
+        parser.error(f"--archs {', '.join(missing)} not in grid {grid!r}; it has "
+                     f"{', '.join(sorted({r.arch for r in rows}))}")
+    print(f"throughput: grid {grid}, {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.steps} steps, load average "
+          f"{_load()}")
+    peak = perf_throughput.matmul_peak(torch.device(device))
+    results = perf_throughput.run(grid_name=grid, device=device, warmup=args.warmup,
+                                  steps=args.steps, archs=archs)
+    print(perf_throughput.report(results, peak=peak))
     return 0
 
 
