@@ -6,7 +6,7 @@ them are in README.md ("Performance") and ``python -m bench.perf throughput``.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ def configure_backends(device: torch.device | str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast(device: torch.device | str) -> ContextManager:
+def autocast(device: torch.device | str) -> AbstractContextManager:
     """bf16 autocast for training and evaluation forward passes on GPUs that support it.
 
     Not used for the Fisher information or PBU's penalty, whose squared gradients need float32.

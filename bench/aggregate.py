@@ -1,7 +1,8 @@
 """Records -> per-(dataset, arch, classes, method) mean and std over seeds, with pandas."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 

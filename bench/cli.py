@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchInputError as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. ``--dry-run | head``: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _main(argv: list[str] | None) -> int:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -207,4 +207,4 @@ def make_loader(dataset: Dataset, indices: np.ndarray, *, batch_size: int, shuff
 
 
 # The file-format loaders register themselves on import.
-from bench import datasets as _file_datasets  # noqa: E402,F401
+from bench import datasets as _file_datasets  # noqa: F401

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from bench.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS  # noqa: F401 (re-exported)
+from bench.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
 from bench.data import dataset_info
 from bench.errors import BenchInputError
 from bench.models import check_arch, check_pretrained

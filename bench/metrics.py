@@ -1,7 +1,7 @@
 """Per-cell metrics: split accuracies and the paper's entropy membership-inference attack."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from bench.errors import BenchInputError
 

@@ -19,7 +19,13 @@ import torch
 
 from bench.accel import configure_backends, eval_batch_size, prepare_model
 from bench.cache import ModelCache, content_key
-from bench.data import ImageData, class_indices, load_dataset, make_loader, subsample_per_class
+from bench.data import (
+    ImageData,
+    class_indices,
+    load_dataset,
+    make_loader,
+    subsample_per_class,
+)
 from bench.errors import BenchInputError
 from bench.grids import Experiment, Grid, resolve_params
 from bench.metrics import accuracy, evaluate_splits, predict_logits

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from bench.accel import autocast
 from bench.errors import BenchInputError
@@ -31,7 +32,7 @@ class TrainRecipe:
     schedule: str = "cosine"       # cosine | none
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainRecipe":
+    def from_dict(cls, values: dict[str, Any]) -> TrainRecipe:
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - allowed)
         if unknown:

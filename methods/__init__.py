@@ -1,4 +1,6 @@
 """Unlearning methods: the registry, the plugin contract and the paper's five methods."""
+# Built-in methods register themselves on import.
+from methods import bad_teaching, fast_effective, finetune, pbu, retrain  # noqa: F401
 from methods.base import DATA_NEEDS, CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import (
     ENTRY_POINT_GROUP,
@@ -9,13 +11,10 @@ from methods.registry import (
     register_method,
 )
 
-# Built-in methods register themselves on import.
-from methods import bad_teaching, fast_effective, finetune, pbu, retrain  # noqa: E402,F401
-
 __all__ = [
-    "CellShape",
     "DATA_NEEDS",
     "ENTRY_POINT_GROUP",
+    "CellShape",
     "PluginError",
     "UnlearningMethod",
     "UnlearningTask",

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import abc
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 

@@ -6,7 +6,7 @@ concatenating datasets, so that lazily loaded datasets (Food-101) never sit in m
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 

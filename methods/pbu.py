@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
-from methods.fisher import KINDS as FISHER_KINDS, diagonal_fisher
+from methods.fisher import KINDS as FISHER_KINDS
+from methods.fisher import diagonal_fisher
 from methods.registry import register_method
 
 BATCHNORM_MODES = ("eval", "train")
@@ -129,7 +130,7 @@ class PBU(UnlearningMethod):
         return torch.optim.Adam(params, lr=self.lr, fused=fused or None, foreach=not fused)
 
     def step(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-             anchor: "PenaltyAnchor", optimizer: torch.optim.Optimizer,
+             anchor: PenaltyAnchor, optimizer: torch.optim.Optimizer,
              forget: torch.Tensor) -> int:
         """One optimisation step on a forget batch; returns how many it still classified right.
 

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -101,7 +101,7 @@ class FinishedRun:
     def grid_dir(self) -> Path:
         return self.results / "tiny"
 
-    def copy_to(self, dest: Path) -> "FinishedRun":
+    def copy_to(self, dest: Path) -> FinishedRun:
         """A private copy (mtimes preserved) that a test may run more cells into."""
         shutil.copytree(self.root, dest, dirs_exist_ok=True)
         return FinishedRun(root=dest, grid_file=dest / self.grid_file.name,

@@ -16,11 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    TINY_CELLS,
+    TINY_GRID_YAML,
+    FinishedRun,
+    run_cli,
+    start_cli,
+    write_grid,
+)
 
 from bench import grids
 from bench.errors import BenchInputError
-from conftest import (TINY_CELLS, TINY_GRID_YAML, FinishedRun, run_cli, start_cli,
-                      write_grid)
 
 OUT = ["--results-dir", "results", "--plots-dir", "plots"]
 PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]

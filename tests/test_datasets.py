@@ -16,7 +16,6 @@ import bench.datasets as ds
 from bench.data import dataset_info, load_dataset
 from bench.errors import BenchInputError
 
-
 # ---------------------------------------------------------------- IDX helpers
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -156,7 +156,7 @@ FORMS = {
     "direct": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": -10**9},
     "pairwise": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": 10**9},
     "tiny_blocks": {"_BLOCK_ELEMENTS": 16, "_ROW_BLOCK_ELEMENTS": 16, "_OPERAND_ELEMENTS": 16,
-                    "_CHUNK": 3},
+                    "_STACKED_ELEMENTS": 16, "_CHUNK": 3},
 }
 
 
@@ -250,6 +250,19 @@ def test_chunks_larger_than_a_forward_pass() -> None:
     model, x, y = small_case("mlp", n=70)
     ours = diagonal_fisher(model, [(x, y)])
     assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-10
+
+
+@pytest.mark.parametrize("form", ["convolution", "direct", "pairwise"])
+def test_channels_last_models_give_the_same_fisher(form: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner hands PBU channels-last models; every layer form must read them right."""
+    for constant, value in FORMS[form].items():
+        monkeypatch.setattr(fisher, constant, value)
+    model, x, y = small_case("convs", n=9)
+    reference = reference_fisher(model, x, y, kind="exact")
+    model = model.to(memory_format=torch.channels_last)
+    ours = diagonal_fisher(model, batches(x.contiguous(memory_format=torch.channels_last), y, 4))
+    assert relative_error(ours, reference) < 1e-10
 
 
 def resnet18_1ch() -> nn.Module:

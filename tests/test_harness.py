@@ -6,10 +6,16 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import find_cell
 
 from bench import runner
-from conftest import find_cell
-from methods import DATA_NEEDS, UnlearningMethod, get_method, list_methods, register_method
+from methods import (
+    DATA_NEEDS,
+    UnlearningMethod,
+    get_method,
+    list_methods,
+    register_method,
+)
 
 CLASS_SETS = [(2,), (2, 6)]
 

@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
+from conftest import find_cell
 
 from bench import grids, runner
 from bench.data import TensorBatches, class_indices
 from bench.store import read_records
-from conftest import find_cell
 from methods import UnlearningTask, get_method
 
 PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]

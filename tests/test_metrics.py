@@ -10,8 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import TensorBatches
-from bench.metrics import (accuracy, entropy_mia, evaluate_splits, predict_logits,
-                           softmax_entropy)
+from bench.metrics import (
+    accuracy,
+    entropy_mia,
+    evaluate_splits,
+    predict_logits,
+    softmax_entropy,
+)
 
 
 def test_accuracy_in_percent():

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from bench import cost, grids, runner
 from bench.data import load_digits, subsample_per_class
 from bench.errors import BenchInputError
 from bench.models import build_model
-from conftest import run_cli
 
 # The rows of the paper's table (seeds/pbu-slides.txt): (dataset, model, forget class).
 PAPER_ROWS = {
@@ -135,8 +135,9 @@ def test_bad_subsample_cap_is_a_clear_error(value):
 
 def _fake_hub(tmp_path: Path, monkeypatch, arch: str) -> dict[str, torch.Tensor]:
     """Put a random 'ImageNet' file where torchvision would cache the real one."""
-    from torchvision import models as tv
     from urllib.parse import urlparse
+
+    from torchvision import models as tv
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weights = tv.get_model_weights(arch).DEFAULT

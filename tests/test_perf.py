@@ -25,8 +25,12 @@ def test_throughput_reports_every_row_against_the_measured_peak(capsys):
     assert fields[1] == "smallcnn" and fields[2] == "64"
     train, plain, eval_ = (float(fields[i].replace(",", "")) for i in (3, 4, 6))
     assert train > 0 and plain > 0 and eval_ > 0
-    assert 0 < float(fields[-1].rstrip("%")) < 100
+    tflops, fraction = float(fields[-2]), float(fields[-1].rstrip("%")) / 100
     assert out[-1].startswith("measured matmul peak: ")
+    peak = float(out[-1].split()[-2])
+    assert tflops > 0 and peak > 0
+    # The printed fraction is the achieved rate over the peak printed below it (both rounded).
+    assert fraction == pytest.approx(tflops / peak, rel=0.02, abs=0.002)
 
 
 def test_throughput_rejects_an_architecture_outside_the_grid(capsys):

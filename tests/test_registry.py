@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 import methods
-from methods import (PluginError, UnlearningMethod, get_method, list_methods, load_plugins,
-                     register_method)
-from methods import registry
+from methods import (
+    PluginError,
+    UnlearningMethod,
+    get_method,
+    list_methods,
+    load_plugins,
+    register_method,
+    registry,
+)
 
 PAPER_METHODS = {"retrain", "finetune", "fast_effective", "bad_teaching", "pbu"}
 
