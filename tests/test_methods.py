@@ -59,6 +59,26 @@ def test_pbu_reports_its_phases(unit_grid, run_cfg):
     assert record["time_s"] >= record["timings"]["optimise_s"] * 0.5
 
 
+def test_bad_teaching_gives_each_sample_its_own_teacher():
+    # A mixed batch: rows 0-1 forget, rows 2-3 retain; the student must be pulled towards the
+    # incompetent teacher on the first two rows only.
+    torch.manual_seed(0)
+    student, competent, incompetent = (torch.nn.Linear(3, 4) for _ in range(3))
+    x = torch.randn(4, 3)
+    forget = torch.tensor([True, True, False, False])
+    method = get_method("bad_teaching")()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    loss = method._step(student, x, forget, competent=competent, incompetent=incompetent,
+                        optimizer=optimizer)
+    with torch.no_grad():
+        target = torch.cat([incompetent(x[:2]), competent(x[2:])]).softmax(1)
+        expected = torch.nn.functional.kl_div(student(x).log_softmax(1), target,
+                                              reduction="batchmean")
+    assert torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="batches_per_step"):
+        get_method("bad_teaching")(batches_per_step=0)
+
+
 # ---------------------------------------------------------------- PBU bad inputs
 
 
