@@ -183,7 +183,7 @@ def _compare(args: argparse.Namespace, engines: list[str]) -> int:
                        "--out", str(out), "--samples", str(args.samples),
                        "--batch", str(args.batch), "--model", args.model,
                        "--ref-samples", str(ref_samples), "--repeats", str(args.repeats)]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
                 print(f"  {engine:15s} FAILED: {' | '.join(tail)}")

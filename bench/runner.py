@@ -310,7 +310,8 @@ def git_commit(repo: Path) -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, timeout=10).stdout
+                               cwd=repo, capture_output=True, text=True, timeout=10,
+                               check=True).stdout
         return out + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

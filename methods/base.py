@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -17,7 +17,7 @@ DATA_NEEDS = frozenset({"forget", "retain", "architecture"})
 class BatchLoader(Protocol):
     """What a method may rely on: re-iterable (x, y) batches with a length in batches."""
 
-    def __iter__(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def __len__(self) -> int: ...
 

@@ -265,7 +265,7 @@ class _Recorder:
         self.active = False
         self.handles: list[RemovableHandle] = []
 
-    def __enter__(self) -> _Recorder:
+    def __enter__(self) -> _Recorder:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self.handles = [module.register_forward_hook(self._hook) for module in self.modules]
         return self
 

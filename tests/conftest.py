@@ -66,7 +66,8 @@ class CliResult:
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 240) -> CliResult:
     """``python run_bench.py ARGS`` in ``cwd``; stdout/stderr as text."""
     proc = subprocess.run([sys.executable, str(RUN_BENCH), *map(str, args)], cwd=cwd,
-                          env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout)
+                          env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout,
+                          check=False)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

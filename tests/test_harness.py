@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def spy_class(needs: set[str]) -> type:
     """A method that records the task it is given and returns the model untouched."""
 
     class Spy(UnlearningMethod):
-        seen: list = []
+        seen: ClassVar[list] = []
 
         def unlearn(self, model, task):
             type(self).seen.append(task)
@@ -117,7 +118,7 @@ def test_retain_loader_holds_all_and_only_retain_training_samples(classes, unit_
     assert row_counter(x, y) == row_counter(train_x, train_y)
     assert not set(row_counter(digits_data.test.tensors[0])) & set(row_counter(x))
 
-    fx, fy = loader_rows(task.forget_loader)
+    _, fy = loader_rows(task.forget_loader)
     assert set(fy.tolist()) == set(classes)
     assert len(fy) + len(y) == len(digits_data.train_targets)
 
@@ -194,7 +195,7 @@ def test_unlearn_works_on_a_copy_of_the_original(unit_grid, run_cfg, original, c
     @register_method("spy_vandal")
     class Vandal(UnlearningMethod):
         needs = frozenset({"forget"})
-        received = []
+        received: ClassVar[list] = []
 
         def unlearn(self, model, task):
             type(self).received.append(model)
