@@ -48,6 +48,8 @@ class BadTeaching(UnlearningMethod):
         self.temperature = temperature
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
+        if len(task.forget_loader) == 0:
+            raise ValueError("Bad Teaching needs forget samples; the forget loader is empty")
         competent = copy.deepcopy(model).eval().requires_grad_(False)
         torch.manual_seed(task.seed)
         incompetent = task.make_model().to(task.device).eval().requires_grad_(False)

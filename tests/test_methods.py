@@ -79,6 +79,12 @@ def test_bad_teaching_gives_each_sample_its_own_teacher():
         get_method("bad_teaching")(batches_per_step=0)
 
 
+def test_bad_teaching_rejects_an_empty_forget_loader(digits_data, original):
+    with pytest.raises(ValueError, match="empty"):
+        get_method("bad_teaching")().unlearn(copy.deepcopy(original),
+                                             forget_task(digits_data, limit=0))
+
+
 # ---------------------------------------------------------------- PBU bad inputs
 
 
