@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from bench.errors import BenchInputError
+from bench.harness.config import RunConfig
+from methods.registry import RegistryError
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
@@ -19,27 +21,33 @@ class _Parser(argparse.ArgumentParser):
         raise BenchInputError(message)
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _parse_ints(text: str, flag: str, *, separator: str = ",") -> list[int]:
+    """Integers separated by ``separator``; empty items and non-integers are bad input."""
+    parts = text.split(separator)
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [int(p) for p in parts]
     except ValueError:
-        raise BenchInputError(f"{flag} {text!r}: expected integers separated by commas") from None
+        raise BenchInputError(f"{flag} {text!r}: expected integers separated by "
+                              f"{separator!r}") from None
 
 
-def _seeds(text: str) -> list[int]:
-    """``--seeds 3`` means seeds 0,1,2; ``--seeds 0,4`` lists them."""
-    values = _int_list(text, "--seeds")
-    if "," not in text and len(values) == 1:
-        if values[0] < 1:
-            raise BenchInputError(f"--seeds {text!r}: a count must be at least 1")
-        return list(range(values[0]))
-    return values
+def _seeds(text: str) -> list[int] | int:
+    """``--seeds 3`` means seeds 0,1,2 (the grid schema checks the count); ``--seeds 0,4``
+    lists them."""
+    values = _parse_ints(text, "--seeds")
+    return values[0] if "," not in text else values
 
 
 def _classes(text: str) -> list[list[int]]:
     """``2,6`` forgets 2 and 6 in separate cells; ``2+6`` forgets both at once."""
-    return [_int_list(part.replace("+", ","), "--classes") for part in text.split(",")
-            if part.strip()]
+    return [_parse_ints(part, "--classes", separator="+") for part in text.split(",")]
+
+
+def _methods(text: str) -> list[str]:
+    names = text.split(",")
+    if not all(n.strip() for n in names):
+        raise BenchInputError(f"--methods {text!r}: expected method labels separated by ','")
+    return [n.strip() for n in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +112,7 @@ def _default_jobs(device: str) -> int:
 
 def _cluster_threads(address: str) -> int:
     """The Dask cluster's worker threads (at least 1); raises bad input if it is unreachable."""
-    from bench.runner import dask_client
+    from bench.harness.parallel import dask_client
 
     with dask_client(address) as client:
         threads = client.nthreads()
@@ -115,14 +123,15 @@ def _cluster_threads(address: str) -> int:
 
 def _dry_run(grid, results_dir: Path) -> None:
     """List every cell with its state and estimated cost; the total is for cells still to run."""
-    from bench import cost, runner
+    from bench.harness import cells as grid_cells
+    from bench.harness import cost
 
-    cells, pending = runner.pending_cells(grid, results_dir)
+    cells, pending = grid_cells.pending_cells(grid, results_dir)
     todo = {c.key for c in pending}
     total, unknown, trained = 0.0, 0, set()
     for cell in cells:
         # Each original model is trained once and shared by the forget-class sets.
-        original = runner.original_key(cell.experiment, cell.seed)
+        original = grid_cells.original_key(cell.experiment, cell.seed)
         flops = cost.cell_flops(experiment=cell.experiment, forget_classes=cell.forget_classes,
                                 method=cell.method, params=cell.params,
                                 trains=cell.method != "original" or original not in trained)
@@ -142,7 +151,7 @@ def _dry_run(grid, results_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
-    except BenchInputError as exc:
+    except (BenchInputError, RegistryError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. ``--dry-run | head``: the reader has all it wanted
@@ -154,12 +163,9 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from methods import PluginError, get_method, list_methods, load_plugins
+    from methods import get_method, list_methods, load_plugins
 
-    try:
-        load_plugins(args.plugin)
-    except PluginError as exc:
-        raise BenchInputError(str(exc)) from None
+    load_plugins(args.plugin)
     if args.list_methods:
         for name in list_methods():
             doc = (get_method(name).__doc__ or "").strip().splitlines()
@@ -172,17 +178,19 @@ def _main(argv: list[str] | None) -> int:
     if args.scheduler and args.backend != "dask":
         raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
 
-    from bench import grids, render, runner
+    from bench.harness import execute, provenance
+    from bench.harness import grid as grids
+    from bench.report import render
 
-    grid = grids.load_grid(args.grid)
     if args.render_only:
+        grid = grids.load_grid(args.grid)
         written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
         log.info("rendered %d files", len(written))
         return 0
-    grid = grids.narrow(
-        grid, methods=[m for m in args.methods.split(",") if m] if args.methods else None,
-        seeds=_seeds(args.seeds) if args.seeds else None,
-        classes=_classes(args.classes) if args.classes else None)
+    grid = grids.load_grid(
+        args.grid, methods=None if args.methods is None else _methods(args.methods),
+        seeds=None if args.seeds is None else _seeds(args.seeds),
+        classes=None if args.classes is None else _classes(args.classes))
     if args.dry_run:
         _dry_run(grid, args.results_dir)
         return 0
@@ -190,7 +198,7 @@ def _main(argv: list[str] | None) -> int:
     # Absolute paths: Dask workers do not share this process's working directory.
     data_root = args.data_root and str(Path(args.data_root).resolve())
     for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
-        runner.experiment_data(exp, root=data_root, download=args.download)
+        execute.experiment_data(exp, root=data_root, download=args.download)
     if args.backend == "dask":
         # Connect even with --jobs: an unreachable scheduler is bad input before anything is
         # written, not an error halfway through the grid.
@@ -202,14 +210,14 @@ def _main(argv: list[str] | None) -> int:
         # Intra-op threads barely help the small models of CPU grids and collapse when
         # workers oversubscribe the cores, so the cores are shared out between workers.
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    cfg = runner.RunConfig(
+    cfg = RunConfig(
         results_dir=args.results_dir,
         cache_dir=(args.cache_dir or args.results_dir / ".model_cache").resolve(),
         data_root=data_root, download=args.download, device=device, jobs=jobs, threads=threads,
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
-        git_commit=runner.git_commit(REPO), backend=args.backend, scheduler=args.scheduler)
+        git_commit=provenance.git_commit(REPO), backend=args.backend, scheduler=args.scheduler)
     start = time.perf_counter()
-    ran, failed = runner.run_grid(grid, cfg)
+    ran, failed = execute.run_grid(grid, cfg)
     written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
     log.info("%d cells run (%d failed) in %.1fs; wrote %s", ran, failed,
              time.perf_counter() - start, ", ".join(str(p) for p in written[:3]) + ", ...")

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchInputError
+from methods.registry import Registry
 
 log = logging.getLogger(__name__)
 
 Builder = Callable[..., nn.Module]
-_ARCHS: dict[str, Builder] = {}
+ARCHITECTURES: Registry[Builder] = Registry("architecture", error=BenchInputError)
 _TORCHVISION: list[str] = []
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -25,24 +26,18 @@ _DENSENET_OLD_KEY = re.compile(
 SMALL_INPUT = 64
 
 
-def register_arch(name: str) -> Callable[[Builder], Builder]:
+def register_arch(name: str, *, label: str | None = None) -> Callable[[Builder], Builder]:
     """Register ``build(*, num_classes, in_channels, image_size, state) -> nn.Module``;
     ``state`` is an ImageNet state dict for torchvision architectures, else None."""
-
-    def decorate(build: Builder) -> Builder:
-        _ARCHS[name] = build
-        return build
-
-    return decorate
+    return ARCHITECTURES.decorator(name, label=label)
 
 
-def list_archs() -> list[str]:
-    return sorted(_ARCHS)
+def list_archs(pattern: str = "*") -> list[str]:
+    return ARCHITECTURES.names(pattern)
 
 
 def check_arch(name: str) -> None:
-    if name not in _ARCHS:
-        raise BenchInputError(f"unknown architecture {name!r}; available: {', '.join(list_archs())}")
+    ARCHITECTURES.get(name)
 
 
 PRETRAINED = ("imagenet",)
@@ -54,7 +49,7 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
     check_arch(name)
     check_pretrained(name, pretrained)
     state = imagenet_state(name, download=download) if pretrained else None
-    return _ARCHS[name](num_classes=num_classes, in_channels=in_channels,
+    return ARCHITECTURES.get(name)(num_classes=num_classes, in_channels=in_channels,
                         image_size=image_size, state=state)
 
 
@@ -108,7 +103,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-@register_arch("smallcnn")
+@register_arch("smallcnn", label="SmallCNN")
 def small_cnn(*, num_classes: int, in_channels: int, image_size: int,
               state: None = None) -> nn.Module:
     """Three conv-BN-ReLU blocks and a linear head; works for any input of 8 pixels or more."""
@@ -119,7 +114,7 @@ def small_cnn(*, num_classes: int, in_channels: int, image_size: int,
     )
 
 
-@register_arch("allcnn")
+@register_arch("allcnn", label="All-CNN")
 def all_cnn(*, num_classes: int, in_channels: int, image_size: int,
             state: None = None) -> nn.Module:
     """All-CNN-C (Springenberg et al., 2015) with BatchNorm, as used by Bad Teaching's code."""
@@ -139,32 +134,30 @@ def _replace_first_conv(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Co
                      bias=conv.bias is not None)
 
 
-def _resnet(factory: Callable[..., nn.Module]) -> Builder:
+def _stem_adapted(factory: Callable[..., nn.Module], *, stem: str, pool: str) -> Builder:
+    """ResNet/DenseNet builder: the stem convolution (dotted path ``stem``) is rebuilt for other
+    channel counts, and for small inputs it becomes 3x3 stride 1 and ``pool`` is dropped."""
+
     def build(*, num_classes: int, in_channels: int, image_size: int,
               state: dict[str, torch.Tensor] | None = None) -> nn.Module:
         model = _load_matching(factory(num_classes=num_classes), state)
         small = image_size < SMALL_INPUT
         if small or in_channels != 3:
-            model.conv1 = _replace_first_conv(model.conv1, in_channels, small)
+            model.set_submodule(stem, _replace_first_conv(model.get_submodule(stem),
+                                                          in_channels, small))
         if small:
-            model.maxpool = nn.Identity()
+            model.set_submodule(pool, nn.Identity())
         return model
 
     return build
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Builder:
+    return _stem_adapted(factory, stem="conv1", pool="maxpool")
 
 
 def _densenet(factory: Callable[..., nn.Module]) -> Builder:
-    def build(*, num_classes: int, in_channels: int, image_size: int,
-              state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-        model = _load_matching(factory(num_classes=num_classes), state)
-        small = image_size < SMALL_INPUT
-        if small or in_channels != 3:
-            model.features.conv0 = _replace_first_conv(model.features.conv0, in_channels, small)
-        if small:
-            model.features.pool0 = nn.Identity()
-        return model
-
-    return build
+    return _stem_adapted(factory, stem="features.conv0", pool="features.pool0")
 
 
 class ResizeTo(nn.Module):
@@ -198,10 +191,12 @@ def _convnext(factory: Callable[..., nn.Module]) -> Builder:
 def _register_torchvision() -> None:
     from torchvision import models as tv
 
-    adapters = {"resnet18": _resnet, "resnet34": _resnet, "resnet50": _resnet,
-                "densenet121": _densenet, "convnext_tiny": _convnext, "convnext_large": _convnext}
-    for name, adapt in adapters.items():
-        register_arch(name)(adapt(getattr(tv, name)))
+    adapters = {"resnet18": (_resnet, "ResNet-18"), "resnet34": (_resnet, "ResNet-34"),
+                "resnet50": (_resnet, "ResNet-50"), "densenet121": (_densenet, "DenseNet-121"),
+                "convnext_tiny": (_convnext, "ConvNeXt-T"),
+                "convnext_large": (_convnext, "ConvNeXt-L")}
+    for name, (adapt, label) in adapters.items():
+        register_arch(name, label=label)(adapt(getattr(tv, name)))
         _TORCHVISION.append(name)
 
 

@@ -4,48 +4,55 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.mixing import interleave
 from methods.registry import register_method
 
 
-@register_method("bad_teaching")
+@register_method("bad_teaching", label="Bad Teaching")
+@dataclass(kw_only=True)
 class BadTeaching(UnlearningMethod):
-    """Bad Teaching (Chundawat et al., "Can Bad Teaching Induce Forgetting?", AAAI 2023).
+    """Bad Teaching (Chundawat et al., "Can Bad Teaching Induce Forgetting?", AAAI 2023;
+    arXiv 2205.08096).
 
-    arXiv 2205.08096. The student starts as the original model; the competent teacher is the
-    frozen original; the incompetent teacher is a frozen, randomly initialised model of the same
-    architecture. On forget samples the student minimises KL(incompetent || student), on retain
-    samples KL(competent || student), both on softmax outputs at ``temperature``.
+    The student starts as the original model; the competent teacher is the frozen original;
+    the incompetent teacher is a frozen, randomly initialised model of the same architecture.
+    On forget samples the student minimises KL(incompetent || student), on retain samples
+    KL(competent || student), both on softmax outputs at ``temperature``, in mixed batches in
+    which each sample takes its own teacher.
 
-    Hyperparameters (paper/official code): ``epochs`` 1, ``retain_fraction`` 0.3 of the retain
-    set per epoch, ``temperature`` 1, Adam ``lr`` 1e-4, and mixed batches of 256 in which each
-    sample takes its own teacher. Here a step concatenates ``batches_per_step`` loader batches
-    drawn in a seeded random interleaving of forget and retain batches (4 x 64 = the official
-    256), so large datasets still stream. A randomly initialised ``smallcnn`` predicts an almost
-    uniform distribution (max probability ~0.11), so its incompetent teacher pushes the forget
-    class only weakly and the lr must be raised until retain accuracy suffers; ResNet-18's random
-    outputs are peaked. Dataset-specific setting (measured with mixed batches, classes 2/6/8,
-    seeds 0-2): on the embedded digits 5 epochs at lr 3e-3 leave 11 % A_Df on class 6, so the
-    ``quick`` grid uses 10 epochs at lr 1e-3 (A_Df 0.85 %, A_Dr 99.0 %); the ``fashion`` grid's
-    settings and measurements are in ``bench/builtin_grids.py``.
+    Args (paper and official code):
+        epochs: passes, 1.
+        lr: Adam learning rate, 1e-4.
+        retain_fraction: share of the retain set seen per epoch, 0.3.
+        temperature: distillation temperature, 1.
+        batches_per_step: loader batches concatenated into one step, 4 (4 x 64 = the official
+            batch of 256; drawn from a seeded interleaving of forget and retain batches so
+            large datasets still stream).
+
+    A randomly initialised ``smallcnn`` predicts an almost uniform distribution (max
+    probability ~0.11), so its incompetent teacher pushes the forget class only weakly;
+    ResNet-18's random outputs are peaked.
     """
 
     needs = frozenset({"forget", "retain", "architecture"})
 
-    def __init__(self, *, epochs: int = 1, lr: float = 1e-4, retain_fraction: float = 0.3,
-                 temperature: float = 1.0, batches_per_step: int = 4) -> None:
-        if batches_per_step < 1:
-            raise ValueError(f"batches_per_step must be at least 1, got {batches_per_step}")
-        self.epochs = epochs
-        self.batches_per_step = batches_per_step
-        self.lr = lr
-        self.retain_fraction = retain_fraction
-        self.temperature = temperature
+    epochs: int = 1
+    lr: float = 1e-4
+    retain_fraction: float = 0.3
+    temperature: float = 1.0
+    batches_per_step: int = 4
+
+    def validate(self) -> None:
+        require_positive(self, "epochs", "lr", "retain_fraction", "temperature",
+                         "batches_per_step")
+        if self.retain_fraction > 1:
+            raise ValueError(f"retain_fraction={self.retain_fraction}: allowed (0, 1]")
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         if len(task.forget_loader) == 0:

@@ -1,15 +1,17 @@
-"""The contract between the harness and an unlearning method."""
+"""The contract between the harness and an unlearning method.
+
+A method is a keyword-only dataclass: its fields are its hyperparameters (what a grid may
+override and what every record stores), ``validate`` checks them, and ``unlearn`` does the work.
+"""
 from __future__ import annotations
 
 import abc
-import inspect
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
-
-from bench.params import coerce_number
 
 DATA_NEEDS = frozenset({"forget", "retain", "architecture"})
 
@@ -31,13 +33,14 @@ class UnlearningTask:
     """Everything the harness hands a method; fields not covered by ``needs`` are None.
 
     ``log(epoch=..., **values)`` records a per-epoch curve point; ``evaluate(model)`` returns
-    {"acc_forget": ..., "acc_retain": ...} on held-out data for curves only, never for decisions.
-    ``train_model(model, loader)`` runs the original model's training recipe (retraining needs it).
+    {"acc_forget_test": ..., "acc_retain_test": ...} on held-out data for curves only, never
+    for decisions. ``train_model(model, loader)`` runs the original model's training recipe
+    (retraining needs it).
     """
 
     forget_classes: tuple[int, ...]
     num_classes: int
-    forget_loader: BatchLoader
+    forget_loader: BatchLoader | None
     retain_loader: BatchLoader | None
     device: torch.device
     seed: int
@@ -59,14 +62,38 @@ class CellShape:
     train_epochs: int        # the original model's training recipe
 
 
+def require_positive(obj: object, *names: str) -> None:
+    """``ValueError`` naming the first of ``names`` whose value on ``obj`` is not > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None or not value > 0:
+            raise ValueError(f"{name}={value!r}: must be greater than 0")
+
+
+@dataclass(kw_only=True)
 class UnlearningMethod(abc.ABC):
-    """Base class of every method. Subclasses set ``needs`` and take hyperparameters as kwargs.
+    """Base class of every method: subclasses are ``@dataclass(kw_only=True)`` whose fields are
+    the hyperparameters, with defaults. Class attributes:
+
+    - ``needs``: the data the harness hands over (a subset of ``DATA_NEEDS``);
+    - ``cache_model``: the harness caches the unlearned model (retraining: later metrics compare
+      against it);
+    - ``name``: set by ``register_method``.
 
     ``timings`` (phase -> seconds) may be filled by ``unlearn`` through ``task.timings``.
     """
 
     name: ClassVar[str] = "?"
     needs: ClassVar[frozenset[str]] = frozenset({"forget"})
+    cache_model: ClassVar[bool] = False
+    # Grid files are validated against the fields (types, unknown keys, finite numbers).
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid", "allow_inf_nan": False}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value and what is allowed."""
 
     @abc.abstractmethod
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module: ...
@@ -77,32 +104,9 @@ class UnlearningMethod(abc.ABC):
         del shape
         return None
 
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        """Constructor keyword defaults: what a grid may override and what records store."""
-        signature = inspect.signature(cls.__init__)
-        return {
-            name: p.default
-            for name, p in signature.parameters.items()
-            if name != "self" and p.default is not inspect.Parameter.empty
-        }
-
-    @classmethod
-    def resolve_params(cls, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Defaults updated by ``overrides``, numbers coerced to the default's type, and
-        validated by constructing the method once (constructors must be cheap)."""
-        defaults = cls.default_params()
-        unknown = sorted(set(overrides) - set(defaults))
-        if unknown:
-            raise ValueError(
-                f"method {cls.name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(defaults)) or '(none)'}"
-            )
-        params = {**defaults, **{k: coerce_number(f"{cls.name}.{k}", v, defaults[k])
-                                 for k, v in overrides.items()}}
-        try:
-            cls(**params)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"method {cls.name!r}: {exc}") from None
-        return params
-
+        return {f.name: f.default for f in dataclasses.fields(cls)}

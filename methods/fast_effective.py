@@ -2,26 +2,36 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.mixing import interleave, take_batches
 from methods.registry import register_method
 
 
-@register_method("fast_effective")
+@register_method("fast_effective", label="Fast-Effective")
+@dataclass(kw_only=True)
 class FastEffective(UnlearningMethod):
-    """UNSIR (Tarun et al., "Fast Yet Effective Machine Unlearning", IEEE TNNLS 2023).
+    """UNSIR (Tarun et al., "Fast Yet Effective Machine Unlearning", IEEE TNNLS 2023;
+    arXiv 2111.08947).
 
-    arXiv 2111.08947. (1) With the model frozen, learn per forget class a batch of
-    ``noise_samples`` inputs that maximises the cross-entropy of that class, with an L2 penalty
-    ``noise_l2`` on the noise (Adam ``noise_lr`` 0.1, ``noise_steps`` steps). (2) Impair: one
-    epoch of cross-entropy on the noise, labelled with its forget class, interleaved with a retain
-    subset of about ``retain_per_class`` samples per retain class, Adam ``impair_lr`` 0.02.
-    (3) Repair: one epoch of cross-entropy on a retain subset of the same size, Adam
-    ``repair_lr`` 0.01. Values from the paper and its official notebooks.
+    (1) With the model frozen, learn per forget class a batch of noise inputs that maximises
+    the cross-entropy of that class, with an L2 penalty on the noise. (2) Impair: one epoch of
+    cross-entropy on the noise, labelled with its forget class, interleaved with a retain subset.
+    (3) Repair: one epoch of cross-entropy on a fresh retain subset of the same size.
+
+    Args (paper and official notebooks):
+        noise_steps: Adam steps that learn the noise, 40.
+        noise_lr: their learning rate, 0.1.
+        noise_l2: weight of the noise's L2 penalty, 0.1.
+        noise_samples: noise inputs per forget class, 256.
+        batch_size: noise batch size, 64 (the loaders' batch size).
+        retain_per_class: retain samples per retain class in each subset, 1000.
+        impair_lr: Adam learning rate of the impair epoch, 0.02.
+        repair_lr: Adam learning rate of the repair epoch, 0.01.
 
     Deviation: the retain subset is the first batches of a shuffled pass over the retain loader
     (random, about the right size, not exactly class-balanced) and repair draws a fresh one, so
@@ -30,17 +40,20 @@ class FastEffective(UnlearningMethod):
 
     needs = frozenset({"forget", "retain"})
 
-    def __init__(self, *, noise_steps: int = 40, noise_lr: float = 0.1, noise_l2: float = 0.1,
-                 noise_samples: int = 256, batch_size: int = 64, retain_per_class: int = 1000,
-                 impair_lr: float = 0.02, repair_lr: float = 0.01) -> None:
-        self.noise_steps = noise_steps
-        self.noise_lr = noise_lr
-        self.noise_l2 = noise_l2
-        self.noise_samples = noise_samples
-        self.batch_size = batch_size
-        self.retain_per_class = retain_per_class
-        self.impair_lr = impair_lr
-        self.repair_lr = repair_lr
+    noise_steps: int = 40
+    noise_lr: float = 0.1
+    noise_l2: float = 0.1
+    noise_samples: int = 256
+    batch_size: int = 64
+    retain_per_class: int = 1000
+    impair_lr: float = 0.02
+    repair_lr: float = 0.01
+
+    def validate(self) -> None:
+        require_positive(self, "noise_steps", "noise_lr", "noise_samples", "batch_size",
+                         "retain_per_class", "impair_lr", "repair_lr")
+        if self.noise_l2 < 0:
+            raise ValueError(f"noise_l2={self.noise_l2}: must be at least 0")
 
     def _learn_noise(self, model: torch.nn.Module, shape: torch.Size, label: int,
                      task: UnlearningTask) -> torch.Tensor:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.fisher import KINDS as FISHER_KINDS
 from methods.fisher import diagonal_fisher
 from methods.registry import register_method
@@ -40,7 +41,8 @@ class PenaltyAnchor:
         torch._foreach_add_([p.grad for p in self.params], drift)
 
 
-@register_method("pbu")
+@register_method("pbu", label="PBU")
+@dataclass(kw_only=True)
 class PBU(UnlearningMethod):
     """PBU (Panda et al., "Partially Blinded Unlearning: Class Unlearning for Deep Networks from
     a Bayesian Perspective", AAAI 2025; arXiv 2403.16246). Needs the forget samples only.
@@ -49,41 +51,45 @@ class PBU(UnlearningMethod):
     ``alpha * mean log p(y|x; theta) + beta * sum_k F_k (theta_k - theta*_k)^2
     + gamma * ||theta - theta*||^2`` with F the diagonal Fisher of the original model on S_n.
 
-    Hyperparameters: ``alpha`` 721, ``beta`` 100, ``gamma`` 4001, Adam ``lr`` 1e-4 (official
-    code, MNIST). Ours differs from the official code where the paper's promise needs it:
-    - ``stop_forget_acc`` (default 0): stop as soon as the forget-train accuracy over the last
-      pass through the forget set (the predictions of the optimisation steps themselves) is at
-      or below this percentage; uses forget data only. ``None`` runs all ``epochs``.
-    - ``batchnorm="eval"``: BatchNorm uses and keeps the original running statistics, which
-      forget-only batches would otherwise drag towards one class.
-    - The penalties' gradient ``2 (beta F + gamma)(theta - theta*)`` is added analytically with
-      foreach ops instead of autograd through flattened parameter copies.
-    - ``fisher``: "exact" (expectation over the model's predictive distribution), "mc" or
-      "empirical" (see ``methods.fisher``); ``beta=0`` / ``gamma=0`` give the ablations.
-    ``epochs`` (50) is only a safety cap for the stopping rule.
+    Args:
+        alpha: weight of the forget log-likelihood, 721 (official code, MNIST).
+        beta: weight of the Fisher-weighted penalty, 100 (official code); 0 is an ablation.
+        gamma: weight of the plain L2 penalty, 4001 (official code); 0 is an ablation.
+        lr: Adam learning rate, 1e-4 (official code).
+        epochs: 50, only a safety cap for the stopping rule (ours).
+        stop_forget_acc: stop as soon as the forget-train accuracy over the last pass through
+            the forget set (the predictions of the optimisation steps themselves) is at or below
+            this percentage, 0 (ours; forget data only). ``None`` runs all ``epochs``.
+        batchnorm: "eval" (ours: BatchNorm uses and keeps the original running statistics,
+            which forget-only batches would drag towards one class) or "train" (official).
+        fisher: "exact" (expectation over the model's predictive distribution), "mc" or
+            "empirical" (see ``methods.fisher``).
 
-    Dataset-specific setting: the ``quick`` grid (embedded digits, ~126 forget images, two
-    batches per epoch) uses ``lr`` 3e-5 so that the stopping rule acts at a finer grain; with
-    1e-4 the mean A_Dr gap to retraining there grows from ~1.1 to ~1.7 points (9 cells).
+    The penalties' gradient ``2 (beta F + gamma)(theta - theta*)`` is added analytically with
+    foreach ops instead of autograd through flattened parameter copies (same update).
     """
 
     needs = frozenset({"forget"})
 
-    def __init__(self, *, alpha: float = 721.0, beta: float = 100.0, gamma: float = 4001.0,
-                 lr: float = 1e-4, epochs: int = 50, stop_forget_acc: float | None = 0.0,
-                 batchnorm: str = "eval", fisher: str = "exact") -> None:
-        if batchnorm not in BATCHNORM_MODES:
-            raise ValueError(f"batchnorm={batchnorm!r}; allowed: {', '.join(BATCHNORM_MODES)}")
-        if fisher not in FISHER_KINDS:
-            raise ValueError(f"fisher={fisher!r}; allowed: {', '.join(FISHER_KINDS)}")
-        if epochs < 1 or lr <= 0:
-            raise ValueError(f"epochs={epochs}, lr={lr}: both must be positive")
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
-        self.lr = lr
-        self.epochs = epochs
-        self.stop_forget_acc = stop_forget_acc
-        self.batchnorm = batchnorm
-        self.fisher = fisher
+    alpha: float = 721.0
+    beta: float = 100.0
+    gamma: float = 4001.0
+    lr: float = 1e-4
+    epochs: int = 50
+    stop_forget_acc: float | None = 0.0
+    batchnorm: str = "eval"
+    fisher: str = "exact"
+
+    def validate(self) -> None:
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm={self.batchnorm!r}; allowed: "
+                             f"{', '.join(BATCHNORM_MODES)}")
+        if self.fisher not in FISHER_KINDS:
+            raise ValueError(f"fisher={self.fisher!r}; allowed: {', '.join(FISHER_KINDS)}")
+        require_positive(self, "epochs", "lr")
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 0")
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         if len(task.forget_loader) == 0:
@@ -164,16 +170,3 @@ class PBU(UnlearningMethod):
         if len(window) < (window.maxlen or 0):
             return float("inf")
         return 100.0 * sum(c for c, _ in window) / sum(n for _, n in window)
-
-
-@register_method("pbu_official")
-class PBUOfficial(PBU):
-    """PBU as configured in the official repository: 5 epochs, no stopping rule, BatchNorm in
-    train mode, alpha 721, beta 100, gamma 4001, Adam lr 1e-4 (batch 64 comes from the grid).
-    Kept to compare against ``pbu`` in one grid."""
-
-    def __init__(self, *, alpha: float = 721.0, beta: float = 100.0, gamma: float = 4001.0,
-                 lr: float = 1e-4, epochs: int = 5, stop_forget_acc: float | None = None,
-                 batchnorm: str = "train", fisher: str = "exact") -> None:
-        super().__init__(alpha=alpha, beta=beta, gamma=gamma, lr=lr, epochs=epochs,
-                         stop_forget_acc=stop_forget_acc, batchnorm=batchnorm, fisher=fisher)

@@ -1,19 +1,25 @@
 """Retraining from scratch on the retain classes: the gold reference."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
 
 
-@register_method("retrain")
+@register_method("retrain", label="Re-training")
+@dataclass(kw_only=True)
 class Retrain(UnlearningMethod):
     """Retraining: a fresh model of the same architecture trained on the retain data only.
 
-    Uses exactly the original model's training recipe (``task.train_model``), so the only
-    difference from the original is the missing forget classes. No hyperparameters. The
-    harness caches its model (``cache_model``) because later metrics compare against it.
+    Uses exactly the original model's training recipe (``task.train_model``) and starts from
+    the original's initial weights (the harness seeds ``make_model`` with the cell's seed), so
+    the only difference from the original is the missing forget classes. The harness caches
+    its model (``cache_model``) because later metrics compare against it.
+
+    Args: none.
     """
 
     needs = frozenset({"retain", "architecture"})

@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.data import dataset_info
-from bench.grids import Experiment
+from bench.harness.grid import Experiment
 from bench.models import build_model
 from methods import CellShape, get_method
 

@@ -5,9 +5,8 @@ import math
 
 import pandas as pd
 
-from bench.aggregate import label, method_order
-
-PAIR = ("acc_forget_test", "acc_retain_test")
+from bench.metrics import PAPER_PAIR, metric
+from bench.report.aggregate import label, method_order
 
 
 def _cell(mean: float, std: float, *, latex: bool) -> str:
@@ -30,16 +29,16 @@ def _values(by_method: dict, methods: list[str], *, latex: bool) -> list[str]:
     out = []
     for method in methods:
         row = by_method.get(method)
-        for metric in PAIR:
+        for name in PAPER_PAIR:
             out.append("--" if row is None else
-                       _cell(row[f"{metric}_mean"], row[f"{metric}_std"], latex=latex))
+                       _cell(row[f"{name}_mean"], row[f"{name}_std"], latex=latex))
     return out
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
     methods = method_order(summary["method"])
     head = ["Dataset", "Model", "Classes"] + [
-        f"{label('method', m)} {a}" for m in methods for a in ("A_Df", "A_Dr")]
+        f"{label('method', m)} {metric(name).label}" for m in methods for name in PAPER_PAIR]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for dataset, arch, classes, by_method in _rows(summary):
         cells = [label("dataset", dataset), label("arch", arch), f"Class-{classes}",

@@ -6,26 +6,19 @@ from typing import Any
 
 import pandas as pd
 
-from bench.metrics import METRICS
+from bench.data.registry import DATASETS
+from bench.metrics import METRIC_NAMES
+from bench.models import ARCHITECTURES
+from methods import METHODS
 
 KEYS = ["dataset", "arch", "forget_classes", "method"]
 PAPER_ORDER = ["original", "retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
 
-METHOD_LABELS = {"original": "Initial", "retrain": "Re-training", "finetune": "Fine-tuning",
-                 "fast_effective": "Fast-Effective", "bad_teaching": "Bad Teaching",
-                 "pbu": "PBU", "pbu_official": "PBU (official)"}
-DATASET_LABELS = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
-                  "cifar100": "CIFAR-100", "food101": "Food-101"}
-ARCH_LABELS = {"smallcnn": "SmallCNN", "allcnn": "All-CNN", "resnet18": "ResNet-18",
-               "resnet34": "ResNet-34", "resnet50": "ResNet-50", "densenet121": "DenseNet-121",
-               "convnext_tiny": "ConvNeXt-T", "convnext_large": "ConvNeXt-L"}
-
-
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per cell; a cell recomputed under a new configuration keeps its latest record."""
-    rows = [{k: r[k] for k in (*KEYS, "seed", "cell", *METRICS)} for r in records
+    rows = [{k: r[k] for k in (*KEYS, "seed", "cell", *METRIC_NAMES)} for r in records
             if "error" not in r]
-    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "cell", *METRICS])
+    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "cell", *METRIC_NAMES])
     frame["forget_classes"] = frame["forget_classes"].astype(str)
     return frame.drop_duplicates("cell", keep="last").reset_index(drop=True)
 
@@ -42,7 +35,7 @@ def _class_sort_key(text: str) -> tuple[int, ...]:
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """The ``summary.csv`` table: ``n_seeds`` and ``<metric>_mean``/``<metric>_std`` (ddof=1)."""
-    grouped = frame.groupby(KEYS, sort=False)[list(METRICS)]
+    grouped = frame.groupby(KEYS, sort=False)[list(METRIC_NAMES)]
     stats = grouped.agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats.insert(0, "n_seeds", frame.groupby(KEYS, sort=False)["seed"].nunique())
@@ -56,5 +49,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def label(kind: str, value: str) -> str:
-    table = {"method": METHOD_LABELS, "dataset": DATASET_LABELS, "arch": ARCH_LABELS}[kind]
-    return table.get(value, value)
+    """Display label of a method, dataset or architecture, as given at registration; a name
+    that is not registered (a grid's variant label, say) is its own label."""
+    if kind == "method" and value == "original":
+        return "Initial"
+    registry = {"method": METHODS, "dataset": DATASETS, "arch": ARCHITECTURES}[kind]
+    return registry.label(value)

@@ -1,15 +1,16 @@
 """Device-dependent speed settings: memory format, mixed precision, batch sizes, backends.
 
 Each choice here leaves results equal up to floating-point rounding; measurements behind
-them are in README.md ("Performance") and ``python -m bench.perf throughput``.
+them are in README.md ("Performance") and ``python -m perf throughput``.
 """
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractContextManager
-
 import torch
 from torch import nn
+
+from methods.training import autocast
+
+__all__ = ["autocast", "configure_backends", "eval_batch_size", "prepare_model"]
 
 
 def eval_batch_size(device: torch.device | str) -> int:
@@ -34,20 +35,3 @@ def configure_backends(device: torch.device | str) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def autocast(device: torch.device | str) -> AbstractContextManager:
-    """bf16 autocast for training and evaluation forward passes on GPUs that support it.
-
-    Not used for the Fisher information or PBU's penalty, whose squared gradients need float32.
-    Off on the CPU, where results stay float32 like the reference implementations'.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def pin_for(device: torch.device | str) -> bool:
-    """Page-locked host batches make host-to-GPU copies asynchronous."""
-    return torch.device(device).type == "cuda"

@@ -1,8 +1,8 @@
-"""``python -m bench.perf throughput``: training and evaluation images/s per grid architecture.
+"""``python -m perf throughput``: training and evaluation images/s per grid architecture.
 
 For each (dataset, architecture) of a grid, at the dataset's input shape and the recipe's batch
 size, on synthetic on-device batches (so the data pipeline is not measured): a plain fp32,
-contiguous-memory training step against the suite's settings (``bench.accel``: channels-last,
+contiguous-memory training step against the suite's settings (``bench.harness.accel``: channels-last,
 bf16 autocast and cuDNN autotuning on CUDA), both measured in the same run, and evaluation at
 ``eval_batch_size``. Achieved FLOP/s (a training step counts 3 forward passes of the counted
 FLOPs) is reported as a fraction of this device's measured matmul peak (bf16 on CUDA, fp32 on
@@ -19,10 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.accel import autocast, configure_backends, eval_batch_size, prepare_model
-from bench.cost import forward_flops
 from bench.data import dataset_info
-from bench.grids import load_grid
+from bench.harness.accel import (
+    autocast,
+    configure_backends,
+    eval_batch_size,
+    prepare_model,
+)
+from bench.harness.cost import forward_flops
+from bench.harness.grid import load_grid
 from bench.models import build_model
 
 

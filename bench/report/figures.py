@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import label, method_order
+from bench.metrics import PAPER_PAIR, metric
+from bench.report.aggregate import label, method_order
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +28,18 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _legend(name: str) -> str:
+    m = metric(name)
+    return f"{m.label}: {m.description}"
+
+
 def accuracy_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """A_Df and A_Dr per method (mean over seeds and classes, error bar = std over seeds)."""
     import seaborn as sns
 
     long = frame.melt(id_vars=["dataset", "arch", "method", "seed", "forget_classes"],
-                      value_vars=["acc_forget_test", "acc_retain_test"],
-                      var_name="metric", value_name="accuracy")
-    long["metric"] = long["metric"].map({"acc_forget_test": "A_Df (forget, test)",
-                                         "acc_retain_test": "A_Dr (retain, test)"})
+                      value_vars=list(PAPER_PAIR), var_name="metric", value_name="accuracy")
+    long["metric"] = long["metric"].map(_legend)
     long["model"] = [f"{label('dataset', d)} / {label('arch', a)}"
                      for d, a in zip(long["dataset"], long["arch"])]
     long["method"] = long["method"].map(lambda m: label("method", m))
@@ -43,7 +47,7 @@ def accuracy_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     grid = sns.catplot(data=long, kind="bar", x="method", y="accuracy", hue="metric",
                        col="model", col_wrap=min(3, long["model"].nunique()), order=order,
                        errorbar="sd", height=3.6, aspect=1.6, palette="colorblind")
-    grid.set_axis_labels("", "accuracy (%)")
+    grid.set_axis_labels("", f"accuracy ({metric(PAPER_PAIR[0]).unit})")
     grid.set_titles("{col_name}")
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=30)
@@ -65,7 +69,7 @@ def time_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                 color=sns.color_palette("colorblind")[0])
     ax.set_yscale("log")
     ax.set_xlabel("")
-    ax.set_ylabel("unlearning time (s, log scale)")
+    ax.set_ylabel(f"{metric('time_s').description} ({metric('time_s').unit}, log scale)")
     ax.tick_params(axis="x", rotation=30)
     paths = _save(fig, out_dir, "time")
     plt.close(fig)
@@ -76,8 +80,7 @@ def curve_frame(records: list[dict]) -> pd.DataFrame:
     """Long table of per-epoch held-out accuracies from records whose method logged them."""
     rows = [{"method": label("method", r["method"]), "seed": r["seed"],
              "forget_classes": r["forget_classes"], "epoch": point["epoch"],
-             "A_Df (forget, test)": point["acc_forget_test"],
-             "A_Dr (retain, test)": point["acc_retain_test"]}
+             **{_legend(name): point[name] for name in PAPER_PAIR}}
             for r in records if "error" not in r
             for point in r.get("curve", []) if "acc_forget_test" in point]
     frame = pd.DataFrame(rows)

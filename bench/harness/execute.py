@@ -1,24 +1,19 @@
-"""Turns a grid into cells, runs the missing ones (in parallel) and appends their records."""
+"""Runs cells: trains or loads the original model, hands a method its task, evaluates, records.
+
+Phase one trains each original model once; phase two runs the cells (in parallel through
+``parallel.spread``), appending one record per finished cell and one error record per failed one.
+"""
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import functools
 import logging
-import platform
-import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.accel import configure_backends, eval_batch_size, prepare_model
-from bench.cache import ModelCache, content_key
 from bench.data import (
     ImageData,
     class_indices,
@@ -26,83 +21,27 @@ from bench.data import (
     make_loader,
     subsample_per_class,
 )
-from bench.errors import BenchInputError
-from bench.grids import Experiment, Grid, resolve_params
+from bench.harness.accel import configure_backends, eval_batch_size, prepare_model
+from bench.harness.cache import ModelCache, content_key
+from bench.harness.cells import (
+    Cell,
+    original_key,
+    original_spec,
+    pending_cells,
+    runs_path,
+    unlearned_key,
+)
+from bench.harness.config import RunConfig
+from bench.harness.grid import Experiment, Grid
+from bench.harness.parallel import spread
+from bench.harness.provenance import provenance
+from bench.harness.store import append_record, repair_tail
 from bench.metrics import accuracy, evaluate_splits, predict_logits
 from bench.models import build_model
-from bench.store import append_record, read_records, repair_tail
-from bench.training import RECIPE_VERSION, train_model
 from methods import UnlearningTask, get_method, load_plugins
+from methods.training import train_model
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    results_dir: Path
-    cache_dir: Path
-    data_root: str | None = None
-    download: bool = False
-    device: str = "cpu"
-    jobs: int = 1
-    threads: int = 0            # torch threads per worker; 0 = leave torch's setting
-    plugins: tuple[str, ...] = ()  # re-imported in worker processes
-    git_commit: str = "unknown"
-    backend: str = "loky"        # joblib backend of _spread: "loky" (this machine) or "dask"
-    scheduler: str | None = None  # the Dask scheduler's address when backend is "dask"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Cell:
-    experiment: Experiment
-    forget_classes: tuple[int, ...]
-    label: str                   # a grid method label, or "original"
-    method: str                  # the registered method ("original" for the initial model)
-    seed: int
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def classes_text(self) -> str:
-        return "+".join(map(str, self.forget_classes))
-
-    @property
-    def key(self) -> str:
-        e = self.experiment
-        return f"{e.dataset}/{e.arch}/{self.classes_text}/{self.label}/{self.seed}"
-
-    @property
-    def config_hash(self) -> str:
-        e = self.experiment
-        # arch is in the key; model_spec adds only what goes beyond it (starting weights).
-        extra = {k: v for k, v in e.model_spec.items() if k != "arch"}
-        return content_key({"train": e.train.as_dict(), **e.data_spec, **extra,
-                            "method": self.method, "params": self.params,
-                            "recipe_version": RECIPE_VERSION})
-
-
-def grid_cells(grid: Grid) -> list[Cell]:
-    cells = []
-    for exp in grid.experiments:
-        for classes in exp.forget_classes:
-            for seed in grid.seeds:
-                cells.append(Cell(experiment=exp, forget_classes=classes, label="original",
-                                  method="original", seed=seed))
-                for spec in grid.methods:
-                    cells.append(Cell(experiment=exp, forget_classes=classes, label=spec.label,
-                                      method=spec.method, seed=seed,
-                                      params=resolve_params(grid, exp, spec.label)))
-    return cells
-
-
-def runs_path(results_dir: Path, grid_name: str) -> Path:
-    return results_dir / grid_name / "runs.jsonl"
-
-
-def pending_cells(grid: Grid, results_dir: Path) -> tuple[list[Cell], list[Cell]]:
-    """(all cells, cells without a record made under their current configuration)."""
-    done = {(r["cell"], r["config_hash"]) for r in read_records(runs_path(results_dir, grid.name))}
-    cells = grid_cells(grid)
-    return cells, [c for c in cells if (c.key, c.config_hash) not in done]
-
 
 @functools.lru_cache(maxsize=4)
 def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
@@ -132,20 +71,6 @@ def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
     return make
 
 
-def _train_spec(exp: Experiment, seed: int) -> dict[str, Any]:
-    return {**exp.data_spec, **exp.model_spec,
-            "train": exp.train.as_dict(), "seed": seed, "recipe_version": RECIPE_VERSION}
-
-
-def _original_spec(exp: Experiment, seed: int) -> dict[str, Any]:
-    return {"kind": "original", **_train_spec(exp, seed)}
-
-
-def original_key(exp: Experiment, seed: int) -> str:
-    """Cache key of the original model, shared by every cell of ``exp`` and ``seed``."""
-    return content_key(_original_spec(exp, seed))
-
-
 def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
                      indices, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
@@ -169,7 +94,7 @@ def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
 
 def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     data = experiment_data(exp, root=cfg.data_root, download=cfg.download)
-    return _cached_training(spec=_original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
+    return _cached_training(spec=original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
                             indices=torch.arange(len(data.train_targets)).numpy())
 
 
@@ -241,11 +166,8 @@ def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: Run
     eval_seconds: list[float] = []
     task = _build_task(cell, cls, data, cfg=cfg, curves=curves, curve=curve,
                        eval_seconds=eval_seconds)
-    cache_key = None
-    if getattr(cls, "cache_model", False):
-        cache_key = content_key({"kind": cell.method, "params": cell.params,
-                                 "forget_classes": cell.forget_classes,
-                                 **_train_spec(cell.experiment, cell.seed)})
+    cache_key = unlearned_key(cell) if cls.cache_model else None
+    if cache_key is not None:
         model = _model_factory(cell.experiment, data, cfg, initialised=False)()
         meta = ModelCache(cfg.cache_dir).load(cache_key, model)
         if meta is not None:
@@ -288,89 +210,10 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
             for part in ("forget", "retain")}
         metrics = evaluate_splits(model, device=device, seed=cell.seed,
                                   **train_sets, **_test_loaders(data, cell.forget_classes, device))
-        return {**base, **metrics, **fields, **_provenance(cfg)}
+        return {**base, **metrics, **fields, **provenance(device=cfg.device, commit=cfg.git_commit)}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         return {**base, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), **_provenance(cfg)}
-
-
-def _provenance(cfg: RunConfig) -> dict[str, Any]:
-    import sklearn
-    import torchvision
-
-    return {"device": cfg.device, "git_commit": cfg.git_commit, "host": platform.node(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__,
-                         "scikit-learn": sklearn.__version__}}
-
-
-def git_commit(repo: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, timeout=10,
-                               check=True).stdout
-        return out + ("-dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _worker_configs(cfg: RunConfig) -> list[RunConfig]:
-    """On a multi-GPU box, "cuda" is spread over the devices: cell i goes to cuda:i mod n."""
-    count = torch.cuda.device_count() if cfg.device == "cuda" else 0
-    if count < 2 or cfg.jobs < 2:
-        return [cfg]
-    return [dataclasses.replace(cfg, device=f"cuda:{i}") for i in range(count)]
-
-
-@contextlib.contextmanager
-def dask_client(address: str):
-    """A ``distributed.Client`` connected to ``address``, closed on exit; a missing package or an
-    unreachable scheduler is bad input (the connect timeout is dask's
-    ``distributed.comm.timeouts.connect``)."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise BenchInputError("--backend dask needs dask.distributed, which is not installed: "
-                              "pip install -e '.[dask]'") from None
-    try:
-        client = Client(address, set_as_default=False)
-    except (OSError, ValueError) as exc:  # refused, timed out, or not an address at all
-        raise BenchInputError(f"--scheduler {address!r}: cannot connect to a Dask scheduler "
-                              f"({exc})") from None
-    with client:
-        yield client
-
-
-@contextlib.contextmanager
-def _joblib_backend(cfg: RunConfig):
-    """Loky's worker processes on this machine, or the Dask cluster's workers."""
-    if cfg.backend != "dask":
-        yield
-        return
-    from joblib import parallel_config
-
-    with dask_client(cfg.scheduler) as client, parallel_config(backend="dask", client=client):
-        yield
-
-
-def _spread(fn, argument_lists: list[tuple], cfg: RunConfig):
-    """``fn(*args, cfg)`` for each argument list: in joblib workers when ``cfg.jobs > 1``,
-    results in order of completion; in this process otherwise."""
-    from joblib import Parallel, delayed
-
-    if cfg.jobs < 2 or len(argument_lists) < 2:
-        yield from (fn(*args, cfg) for args in argument_lists)
-        return
-    # This machine's GPU count says nothing about a cluster's workers: each uses its own "cuda".
-    configs = [cfg] if cfg.backend == "dask" else _worker_configs(cfg)
-    # A generator, so that the Dask client stays connected until the last result is taken.
-    with _joblib_backend(cfg):
-        yield from Parallel(n_jobs=min(cfg.jobs, len(argument_lists)),
-                            return_as="generator_unordered")(
-            delayed(fn)(*args, configs[i % len(configs)]) for i, args in enumerate(argument_lists))
+                "traceback": traceback.format_exc(), **provenance(device=cfg.device, commit=cfg.git_commit)}
 
 
 def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
@@ -388,11 +231,11 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
                  for c in pending}
     missing = [(e, s) for key, (e, s) in originals.items()
                if not ModelCache(cfg.cache_dir).path(key).exists()]
-    for which, train_s in _spread(train_original, missing, cfg):
+    for which, train_s in spread(train_original, missing, cfg):
         log.info("trained original %s in %.1fs", which, train_s)
     failed = 0
     errors = out.with_name("errors.jsonl")
-    results = _spread(functools.partial(run_cell, curves=grid.curves),
+    results = spread(functools.partial(run_cell, curves=grid.curves),
                       [(c,) for c in pending], cfg)
     for done, record in enumerate(results, 1):
         if "error" in record:

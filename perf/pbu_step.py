@@ -1,4 +1,4 @@
-"""``python -m bench.perf pbu-step``: one PBU optimisation step against a plain training step.
+"""``python -m perf pbu-step``: one PBU optimisation step against a plain training step.
 
 Same model, same batch, same mode (BatchNorm in eval, as PBU runs): a plain step is forward,
 cross-entropy, backward; "+adam" adds an Adam step. PBU's step adds the analytic penalty

@@ -1,8 +1,4 @@
-"""Performance benchmarks.
-
-``python -m bench.perf fisher [--samples 256] [--batch 64] [--model resnet18]``
-``python -m bench.perf pbu-step [--batch 64] [--steps 10] [--model resnet18]``
-``python -m bench.perf throughput [--grid paper] [--device cuda] [--archs a,b]``
+"""``python -m perf fisher``: diagonal Fisher engines (ours, nngeometry, BackPACK) on one model.
 
 Each engine runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own
 and no engine warms caches or allocator pools for another. A worker builds the same model
@@ -17,7 +13,6 @@ import argparse
 import importlib.util
 import inspect
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -32,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from perf.common import load_average
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
@@ -50,121 +47,18 @@ ENGINES: dict[str, tuple[str | None, str]] = {
 _MODULES = {"nngeometry": "nngeometry", "backpack-for-pytorch": "backpack"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    fisher = commands.add_parser("fisher", help="diagonal Fisher engines on one model")
-    fisher.add_argument("--samples", type=int, default=256, help="samples for our engines")
-    fisher.add_argument("--batch", type=int, default=64, help="loader batch size")
-    fisher.add_argument("--model", default="resnet18",
-                        help="architecture from bench.models (1-channel 28x28 inputs)")
-    fisher.add_argument("--ref-samples", type=int, default=32,
-                        help="samples for the slow reference engines (nngeometry, BackPACK)")
-    fisher.add_argument("--repeats", type=int, default=3,
-                        help="timed passes per engine after the warm-up; the fastest counts")
-    fisher.add_argument("--engines", default=",".join(ENGINES),
-                        help=f"comma-separated subset of {', '.join(ENGINES)}")
-    fisher.add_argument("--worker", help=argparse.SUPPRESS)
-    fisher.add_argument("--out", help=argparse.SUPPRESS)
-    step = commands.add_parser("pbu-step", help="one PBU step against a plain training step")
-    step.add_argument("--batch", type=int, default=64)
-    step.add_argument("--steps", type=int, default=10, help="timed rounds; the median counts")
-    step.add_argument("--model", default="resnet18",
-                      help="architecture from bench.models (1-channel 28x28 inputs)")
-    step.add_argument("--device", default="cpu")
-    speed = commands.add_parser("throughput", help="training/evaluation images/s per grid "
-                                                   "architecture and fraction of matmul peak")
-    speed.add_argument("--grid", default=None,
-                       help="built-in grid whose (dataset, arch) rows to time (default: paper "
-                            "on CUDA, fashion on the CPU)")
-    speed.add_argument("--archs", default=None, help="comma-separated subset of architectures")
-    speed.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
-    speed.add_argument("--steps", type=int, default=10, help="timed steps; the median counts")
-    speed.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args(argv)
-    if args.command == "pbu-step":
-        return _pbu_step(args, parser)
-    if args.command == "throughput":
-        return _throughput(args, parser)
-    if min(args.samples, args.batch, args.ref_samples, args.repeats) < 1:
-        parser.error("--samples, --batch, --ref-samples and --repeats must be positive")
-    if args.worker:
-        return _worker(args)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown:
-        parser.error(f"unknown engine {', '.join(map(repr, unknown))}; "
-                     f"allowed: {', '.join(ENGINES)}")
-    from bench.errors import BenchInputError
-    from bench.models import check_arch
-
-    try:
-        check_arch(args.model)
-    except BenchInputError as exc:
-        parser.error(str(exc))
-    return _compare(args, engines)
-
-
-def _pbu_step(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bench.errors import BenchInputError
-    from bench.models import check_arch
-    from bench.perf_pbu import pbu_step_benchmark, report
-
-    if min(args.batch, args.steps) < 1:
-        parser.error("--batch and --steps must be positive")
-    try:
-        check_arch(args.model)
-    except BenchInputError as exc:
-        parser.error(str(exc))
-    print(f"PBU step vs plain step: {args.model}, batch {args.batch}, 1x{IMAGE_SIZE}x{IMAGE_SIZE}"
-          f", {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.steps} alternating rounds, load average {_load()}")
-    result = pbu_step_benchmark(model_name=args.model, batch=args.batch, steps=args.steps,
-                                device=args.device)
-    print(report(result, batch=args.batch))
-    return 0
-
-
-def _throughput(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bench import perf_throughput
-    from bench.errors import BenchInputError
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    grid = args.grid or ("paper" if device.startswith("cuda") else "fashion")
-    if min(args.steps, args.warmup + 1) < 1:
-        parser.error("--steps must be positive and --warmup not negative")
-    archs = [a for a in args.archs.split(",") if a] if args.archs else None
-    try:
-        rows = perf_throughput.grid_rows(grid)
-    except BenchInputError as exc:
-        parser.error(str(exc))
-    missing = sorted(set(archs or []) - {r.arch for r in rows})
-    if missing:
-        parser.error(f"--archs {', '.join(missing)} not in grid {grid!r}; it has "
-                     f"{', '.join(sorted({r.arch for r in rows}))}")
-    print(f"throughput: grid {grid}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps, load average "
-          f"{_load()}")
-    peak = perf_throughput.matmul_peak(torch.device(device))
-    results = perf_throughput.run(grid_name=grid, device=device, warmup=args.warmup,
-                                  steps=args.steps, archs=archs)
-    print(perf_throughput.report(results, peak=peak))
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Parent: run each engine in its own process and report
 
 
-def _compare(args: argparse.Namespace, engines: list[str]) -> int:
+def compare(args: argparse.Namespace, engines: list[str]) -> int:
     ref_samples = min(args.ref_samples, args.samples)
     print(f"diagonal Fisher benchmark: {args.model}, {IN_CHANNELS}x{IMAGE_SIZE}x{IMAGE_SIZE} "
           f"random inputs, {NUM_CLASSES} classes, batches of {args.batch}; our engines and the "
           f"training step on {args.samples} samples, nngeometry and BackPACK on the first "
           f"{ref_samples} (per-sample times are comparable)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average at start {_load()}")
+          f"load average at start {load_average()}")
     print(f"time: wall clock per sample, fastest of {args.repeats} passes (median in brackets) "
           f"after a warm-up pass on {WARMUP_SAMPLES} samples; peak RSS: ru_maxrss of the "
           "engine's own process, including Python, torch, model and data (its RSS before the "
@@ -179,7 +73,7 @@ def _compare(args: argparse.Namespace, engines: list[str]) -> int:
                       f"(pip install {package})")
                 continue
             out = Path(tmp) / f"{engine}.pt"
-            command = [sys.executable, "-m", "bench.perf", "fisher", "--worker", engine,
+            command = [sys.executable, "-m", "perf", "fisher", "--worker", engine,
                        "--out", str(out), "--samples", str(args.samples),
                        "--batch", str(args.batch), "--model", args.model,
                        "--ref-samples", str(ref_samples), "--repeats", str(args.repeats)]
@@ -197,7 +91,7 @@ def _compare(args: argparse.Namespace, engines: list[str]) -> int:
                   f"on {result['samples']:3d} samples   peak RSS {result['peak_mib']:5.0f} MiB "
                   f"(setup {result['setup_mib']:4.0f})", flush=True)
     _report(results, exact_on_ref)
-    print(f"load average at end {_load()}")
+    print(f"load average at end {load_average()}")
     return 0
 
 
@@ -232,15 +126,11 @@ def _relative_error(values: dict[str, torch.Tensor], ref: dict[str, torch.Tensor
     return diff / max(float(ref[n].abs().max()) for n in ref)
 
 
-def _load() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 # ---------------------------------------------------------------------------------------------
 # Worker: one engine, one process
 
 
-def _worker(args: argparse.Namespace) -> int:
+def worker(args: argparse.Namespace) -> int:
     from bench.models import build_model
 
     engine = args.worker
@@ -380,6 +270,3 @@ _ENGINE_RUNNERS: dict[str, Callable[[nn.Module], Runner]] = {
     "backpack-mc": _backpack("DiagGGNMC"),
 }
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,19 +1,23 @@
-"""The training recipe shared by the original model and retraining."""
+"""The supervised training recipe: the original model's, retraining's and fine-tuning's.
+
+It lives with the methods because methods train with it; the harness trains the original model
+with the same function, so "retraining" means exactly the original's recipe.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.accel import autocast
-from bench.errors import BenchInputError
-from bench.params import coerce_number
+from methods.base import require_positive
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +35,32 @@ class TrainRecipe:
     weight_decay: float = 0.0
     schedule: str = "cosine"       # cosine | none
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainRecipe:
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise BenchInputError(
-                f"unknown training setting {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(sorted(allowed))}"
-            )
-        defaults = cls()
-        try:
-            recipe = cls(**{k: coerce_number(f"train.{k}", v, getattr(defaults, k))
-                            for k, v in values.items()})
-        except ValueError as exc:
-            raise BenchInputError(str(exc)) from None
-        if recipe.optimizer not in ("adam", "sgd"):
-            raise BenchInputError(f"unknown optimizer {recipe.optimizer!r}; allowed: adam, sgd")
-        if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0:
-            raise BenchInputError(f"training recipe {recipe.as_dict()}: epochs, batch_size and "
-                                  "lr must be positive")
-        if recipe.schedule not in ("cosine", "none"):
-            raise BenchInputError(f"unknown schedule {recipe.schedule!r}; allowed: cosine, none")
-        return recipe
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid", "allow_inf_nan": False}
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: adam, sgd")
+        if self.schedule not in ("cosine", "none"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: cosine, none")
+        require_positive(self, "epochs", "batch_size", "lr")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"momentum={self.momentum}, weight_decay={self.weight_decay}: "
+                             "momentum must be in [0, 1) and weight_decay at least 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def autocast(device: torch.device | str) -> AbstractContextManager:
+    """bf16 autocast for training and evaluation forward passes on GPUs that support it.
+
+    Not used for the Fisher information or PBU's penalty, whose squared gradients need float32.
+    Off on the CPU, where results stay float32 like the reference implementations'.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_optimizer(params: Iterable[nn.Parameter], recipe: TrainRecipe) -> torch.optim.Optimizer:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.accel import autocast
+from methods.training import autocast
 
 
 @torch.no_grad()
@@ -58,10 +58,6 @@ def entropy_mia(*, member_logits: torch.Tensor, nonmember_logits: torch.Tensor,
     targets = np.concatenate([np.ones(n), np.zeros(n)])
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
     return 100.0 * float(attack.predict(softmax_entropy(target_logits)[:, None]).mean())
-
-
-METRICS = ("acc_forget_test", "acc_retain_test", "acc_forget_train", "acc_retain_train", "mia",
-           "time_s")
 
 
 def evaluate_splits(model: nn.Module, *, forget_train: Iterable, retain_train: Iterable,

@@ -5,10 +5,10 @@ import logging
 import os
 from pathlib import Path
 
-from bench.aggregate import records_frame, summarize
-from bench.figures import render_figures
-from bench.store import read_records
-from bench.tables import latex_table, markdown_table
+from bench.harness.store import read_records
+from bench.report.aggregate import records_frame, summarize
+from bench.report.figures import render_figures
+from bench.report.tables import latex_table, markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -1,109 +1,15 @@
-"""Dataset registry, the embedded digits dataset and batch loaders.
-
-A dataset loader returns an ``ImageData``: train/test ``torch.utils.data.Dataset`` objects
-yielding (normalised float image CxHxW, int label), with their label arrays so that
-class subsets are taken without touching the images.
-"""
+"""In-memory data and its mini-batches: ``tensor_image_data``, ``TensorBatches``, class subsets."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from bench.errors import BenchInputError
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageData:
-    train: Dataset
-    test: Dataset
-    train_targets: np.ndarray
-    test_targets: np.ndarray
-    classes: tuple[str, ...]
-    in_channels: int
-    image_size: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-Loader = Callable[..., ImageData]
-
-
-@dataclass(frozen=True, kw_only=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    load: Loader
-    # Sizes of the standard splits, for cost estimates without reading the files.
-    train_size: int | None = None
-    test_size: int | None = None
-
-
-_DATASETS: dict[str, DatasetInfo] = {}
-
-
-def register_dataset(name: str, *, num_classes: int, in_channels: int, image_size: int,
-                     train_size: int | None = None,
-                     test_size: int | None = None) -> Callable[[Loader], Loader]:
-    """Register ``load(*, root, download, split_seed) -> ImageData`` under ``name``."""
-
-    def decorate(load: Loader) -> Loader:
-        _DATASETS[name] = DatasetInfo(name=name, num_classes=num_classes,
-                                      in_channels=in_channels, image_size=image_size,
-                                      load=load, train_size=train_size, test_size=test_size)
-        return load
-
-    return decorate
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise BenchInputError(
-            f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
-        ) from None
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
-
-
-def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
-                 split_seed: int = 0) -> ImageData:
-    return dataset_info(name).load(root=root, download=download, split_seed=split_seed)
-
-
-@register_dataset("digits", num_classes=10, in_channels=1, image_size=8, train_size=1257,
-                  test_size=540)
-def load_digits(*, root: str | Path | None = None, download: bool = False,
-                split_seed: int = 0) -> ImageData:
-    """scikit-learn's bundled 8x8 digits (1,797 images), stratified 70/30 split by ``split_seed``."""
-    del root, download  # ships inside scikit-learn
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sk_digits()
-    images = bunch.images.astype(np.float32) / 16.0
-    labels = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=0.3, stratify=labels, random_state=split_seed
-    )
-    mean, std = float(x_tr.mean()), float(x_tr.std())
-    return tensor_image_data(
-        (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te,
-        classes=tuple(str(c) for c in range(10)),
-    )
+from bench.data.registry import ImageData
 
 
 def tensor_image_data(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -204,7 +110,3 @@ def make_loader(dataset: Dataset, indices: np.ndarray, *, batch_size: int, shuff
     return DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size,
                       shuffle=shuffle, generator=generator, num_workers=num_workers,
                       pin_memory=device is not None and device.type == "cuda")
-
-
-# The file-format loaders register themselves on import.
-from bench import datasets as _file_datasets  # noqa: F401

@@ -1,0 +1,23 @@
+"""Datasets: the registry, in-memory loaders and one module per file format.
+
+Importing this package registers every built-in dataset.
+"""
+from bench.data import cifar, digits, food, idx  # noqa: F401  (register on import)
+from bench.data.loaders import (
+    TensorBatches,
+    class_indices,
+    make_loader,
+    subsample_per_class,
+    tensor_image_data,
+)
+from bench.data.registry import (
+    DatasetInfo,
+    ImageData,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+)
+
+__all__ = ["DatasetInfo", "ImageData", "TensorBatches", "class_indices", "dataset_info",
+           "list_datasets", "load_dataset", "make_loader", "subsample_per_class",
+           "tensor_image_data"]

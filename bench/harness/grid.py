@@ -1,0 +1,284 @@
+"""Grids are data: datasets x architectures x forget-class sets x methods x seeds.
+
+A grid is read once: the raw mapping (a built-in grid or a YAML file, narrowed by the command
+line) is validated by a pydantic schema that forbids unknown keys, then checked against the
+registries (datasets, architectures, methods and their declared fields) in the same pass.
+Every problem is one ``BenchInputError`` naming the key path, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+)
+
+from bench.data import dataset_info
+from bench.errors import BenchInputError
+from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
+from bench.harness.yaml_file import read_yaml
+from bench.models import check_arch, check_pretrained
+from methods import RegistryError, get_method
+from methods.training import TrainRecipe
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+
+
+def _unique(values: list) -> list:
+    seen: list = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} appears twice")
+        seen.append(value)
+    return values
+
+
+def _forget_set(value: int | list[int]) -> tuple[int, ...]:
+    classes = [value] if isinstance(value, int) else value
+    if not classes:
+        raise ValueError("a forget-class set must not be empty")
+    return tuple(sorted(_unique(classes)))
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ForgetSet = Annotated[NonNegativeInt | list[NonNegativeInt], AfterValidator(_forget_set)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=False)
+
+
+class MethodEntry(_Strict):
+    name: Name
+    method: Name | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExperimentSchema(_Strict):
+    dataset: str
+    arch: str
+    forget_classes: Annotated[list[ForgetSet], Field(min_length=1), AfterValidator(_unique)]
+    train: TrainRecipe = Field(default_factory=TrainRecipe)
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    split_seed: NonNegativeInt = 0
+    # Stratified caps on each split, drawn by split_seed, to size a grid for small machines.
+    train_per_class: PositiveInt | None = None
+    test_per_class: PositiveInt | None = None
+    pretrained: Literal["imagenet"] | None = None   # start from torchvision's weights
+
+
+class GridSchema(_Strict):
+    name: Name
+    seeds: PositiveInt | Annotated[list[NonNegativeInt], Field(min_length=1),
+                                   AfterValidator(_unique)] = Field(default_factory=lambda: [0])
+    methods: Annotated[list[Name | MethodEntry], Field(min_length=1)] = Field(
+        default_factory=lambda: list(PAPER_METHODS))
+    experiments: Annotated[list[ExperimentSchema], Field(min_length=1)]
+    curves: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """A column of the table: a registered method under a label, with parameter overrides."""
+
+    label: str
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment:
+    dataset: str
+    arch: str
+    forget_classes: tuple[tuple[int, ...], ...]
+    train: TrainRecipe
+    params: dict[str, dict[str, Any]]   # method label -> resolved hyperparameters
+    split_seed: int = 0
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    pretrained: str | None = None
+
+    @property
+    def data_spec(self) -> dict[str, Any]:
+        """Everything that determines the images a model sees (part of every cache key)."""
+        spec: dict[str, Any] = {"dataset": self.dataset, "split_seed": self.split_seed}
+        for key in ("train_per_class", "test_per_class"):
+            if getattr(self, key) is not None:
+                spec[key] = getattr(self, key)
+        return spec
+
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        """The architecture and its starting weights (part of every cache key)."""
+        return {"arch": self.arch, **({"pretrained": self.pretrained} if self.pretrained else {})}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    name: str
+    seeds: tuple[int, ...]
+    methods: tuple[MethodSpec, ...]
+    experiments: tuple[Experiment, ...]
+    curves: bool = False
+
+
+def _path_text(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not str(part).startswith(("function-", "union[", "int", "list[", "str", "constrained")):
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _validation_error(exc: ValidationError, where: str, prefix: str = "") -> BenchInputError:
+    """The first problem, as one line: where, the key path, the bad value, what is allowed."""
+    err = exc.errors(include_url=False)[0]
+    path = _path_text((*((prefix,) if prefix else ()), *err["loc"]))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" or err["type"] == "unexpected_keyword_argument":
+        message = "unknown key"
+    return BenchInputError(f"{where}: {path} = {_short(err['input'])}: {message}")
+
+
+def _invalid(where: str, path: str, value: Any, message: str) -> BenchInputError:
+    return BenchInputError(f"{where}: {path} = {_short(value)}: {message}")
+
+
+def _method_params(method: str, overrides: dict[str, Any], *, where: str,
+                   path: str) -> dict[str, Any]:
+    """Validate overrides against the method's declared fields; returns the full parameters."""
+    cls = get_method(method)
+    try:
+        instance = TypeAdapter(cls).validate_python(overrides)
+    except ValidationError as exc:
+        raise _validation_error(exc, where, path) from None
+    return instance.params()
+
+
+def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ...], *,
+                where: str) -> Experiment:
+    path = f"experiments[{index}]"
+    try:
+        info = dataset_info(raw.dataset)
+        check_arch(raw.arch)
+        check_pretrained(raw.arch, raw.pretrained)
+    except BenchInputError as exc:
+        raise BenchInputError(f"{where}: {path}: {exc}") from None
+    for i, classes in enumerate(raw.forget_classes):
+        bad = [c for c in classes if c >= info.num_classes]
+        if bad:
+            raise _invalid(where, f"{path}.forget_classes[{i}]", bad[0],
+                           f"outside dataset {info.name!r}'s classes 0..{info.num_classes - 1}")
+        if len(classes) >= info.num_classes:
+            raise _invalid(where, f"{path}.forget_classes[{i}]", list(classes),
+                           "leaves no class to retain")
+    labels = {m.label for m in methods}
+    for label, overrides in raw.method_params.items():
+        if label in labels:
+            continue
+        if label not in _known_methods():
+            raise _invalid(where, f"{path}.method_params", label,
+                           f"not a method of this grid; methods: {', '.join(sorted(labels))}")
+        # Settings for a registered method the grid does not run (``--methods`` may add it).
+        _method_params(label, overrides, where=where,
+                       path=f"{path}.method_params.{label}")
+    params = {m.label: _method_params(m.method,
+                                      {**m.params, **raw.method_params.get(m.label, {})},
+                                      where=where, path=f"{path}.method_params.{m.label}")
+              for m in methods}
+    return Experiment(dataset=info.name, arch=raw.arch, forget_classes=tuple(raw.forget_classes),
+                      train=raw.train, params=params, split_seed=raw.split_seed,
+                      train_per_class=raw.train_per_class, test_per_class=raw.test_per_class,
+                      pretrained=raw.pretrained)
+
+
+def _known_methods() -> set[str]:
+    from methods import list_methods
+
+    return set(list_methods())
+
+
+def _method_spec(entry: str | MethodEntry, index: int, *, where: str) -> MethodSpec:
+    if isinstance(entry, str):
+        entry = MethodEntry(name=entry)
+    method = entry.method or entry.name
+    try:
+        get_method(method)
+    except RegistryError as exc:
+        raise BenchInputError(f"{where}: methods[{index}]: {exc}") from None
+    _method_params(method, entry.params, where=where,
+                   path=f"methods[{index}].params")
+    return MethodSpec(label=entry.name, method=method, params=dict(entry.params))
+
+
+def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
+    """Validate a grid given as data (``where`` names its source in error messages)."""
+    try:
+        schema = GridSchema.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc, where) from None
+    methods = tuple(_method_spec(m, i, where=where) for i, m in enumerate(schema.methods))
+    labels = [m.label for m in methods]
+    for i, label in enumerate(labels):
+        if label == "original" or labels.index(label) != i:
+            raise _invalid(where, f"methods[{i}]", label,
+                           "method labels must be unique and not 'original'")
+    seeds = (tuple(range(schema.seeds)) if isinstance(schema.seeds, int)
+             else tuple(schema.seeds))
+    return Grid(name=schema.name, seeds=seeds, methods=methods, curves=schema.curves,
+                experiments=tuple(_experiment(e, i, methods, where=where)
+                                  for i, e in enumerate(schema.experiments)))
+
+
+def load_raw_grid(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """(the raw mapping, where it came from): a built-in grid by name, or a user's YAML file."""
+    if name_or_path in BUILTIN_GRIDS:
+        return copy.deepcopy(BUILTIN_GRIDS[name_or_path]), f"built-in grid {name_or_path!r}"
+    if not name_or_path.endswith((".yaml", ".yml")):
+        raise BenchInputError(f"unknown grid {name_or_path!r}; built-in grids: "
+                              f"{', '.join(sorted(BUILTIN_GRIDS))}, or a .yaml/.yml file")
+    return read_yaml(name_or_path), f"grid file {name_or_path!r}"
+
+
+def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
+           classes: list[list[int]] | None = None) -> Any:
+    """Apply ``--methods``/``--seeds``/``--classes`` to the raw grid, before it is parsed.
+
+    A method outside the grid is added with its defaults; ``classes`` replaces every
+    experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
+    """
+    if not isinstance(raw, dict):
+        return raw  # the parser reports it
+    raw = copy.deepcopy(raw)
+    if methods is not None:
+        entries = raw.get("methods", list(PAPER_METHODS))
+        by_label = {(e if isinstance(e, str) else e.get("name")): e for e in entries
+                    if isinstance(e, (str, dict))}
+        raw["methods"] = [by_label.get(m, m) for m in methods]
+    if seeds is not None:
+        raw["seeds"] = seeds
+    if classes is not None and isinstance(raw.get("experiments"), list):
+        raw["experiments"] = [{**e, "forget_classes": classes} if isinstance(e, dict) else e
+                              for e in raw["experiments"]]
+    return raw
+
+
+def load_grid(name_or_path: str, **narrowing: Any) -> Grid:
+    raw, where = load_raw_grid(name_or_path)
+    return parse_grid(narrow(raw, **narrowing), where=where)

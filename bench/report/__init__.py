@@ -1,0 +1,1 @@
+"""From records to what a reader sees: summary statistics, tables and figures."""

@@ -1,0 +1,25 @@
+"""PBU as configured in the official repository (Shash12-ship/pbu)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.pbu import PBU
+from methods.registry import register_method
+
+
+@register_method("pbu_official", label="PBU (official)")
+@dataclass(kw_only=True)
+class PBUOfficial(PBU):
+    """PBU with the official code's settings: 5 epochs, no stopping rule, BatchNorm in train
+    mode (alpha 721, beta 100, gamma 4001, Adam lr 1e-4 as in ``pbu``; the batch of 64 comes
+    from the grid). Kept to compare against ``pbu`` in one grid.
+
+    Args: as ``pbu``; only these defaults differ.
+        epochs: 5 (official code).
+        stop_forget_acc: None (official code has no stopping rule).
+        batchnorm: "train" (official code).
+    """
+
+    epochs: int = 5
+    stop_forget_acc: float | None = None
+    batchnorm: str = "train"

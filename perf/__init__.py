@@ -1,0 +1,1 @@
+"""Benchmarks of the suite's own speed: ``python -m perf fisher|pbu-step|throughput``."""
