@@ -6,7 +6,7 @@ override and what every record stores), ``validate`` checks them, and ``unlearn`
 from __future__ import annotations
 
 import abc
-import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -72,8 +72,9 @@ def require_positive(obj: object, *names: str) -> None:
 
 @dataclass(kw_only=True)
 class UnlearningMethod(abc.ABC):
-    """Base class of every method: subclasses are ``@dataclass(kw_only=True)`` whose fields are
-    the hyperparameters, with defaults. Class attributes:
+    """Base class of every method. Built-in methods are ``@dataclass(kw_only=True)`` whose fields
+    are the hyperparameters, with defaults (a plugin may also take them as keyword arguments of
+    its own ``__init__`` and store them as attributes of the same names). Class attributes:
 
     - ``needs``: the data the harness hands over (a subset of ``DATA_NEEDS``);
     - ``cache_model``: the harness caches the unlearned model (retraining: later metrics compare
@@ -86,8 +87,6 @@ class UnlearningMethod(abc.ABC):
     name: ClassVar[str] = "?"
     needs: ClassVar[frozenset[str]] = frozenset({"forget"})
     cache_model: ClassVar[bool] = False
-    # Grid files are validated against the fields (types, unknown keys, finite numbers).
-    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid", "allow_inf_nan": False}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,8 +104,12 @@ class UnlearningMethod(abc.ABC):
         return None
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The hyperparameters this instance runs with (what every record stores)."""
+        return {name: getattr(self, name) for name in self.default_params()}
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {f.name: f.default for f in dataclasses.fields(cls)}
+        """Keyword parameters of the constructor and their defaults: a dataclass's fields, or
+        a plugin's own ``__init__(self, *, x=...)`` that stores ``self.x``."""
+        return {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}

@@ -115,8 +115,6 @@ def register_method(name: str, *, label: str | None = None) -> Callable[[type], 
                               f"frozenset drawn from {sorted(DATA_NEEDS)}")
         if "unlearn" in getattr(cls, "__abstractmethods__", ()):
             raise PluginError(f"method {name!r} ({where(cls)}) does not define unlearn()")
-        if "__dataclass_fields__" not in cls.__dict__:
-            cls = dataclass(kw_only=True)(cls)  # a plugin's annotated attributes become fields
         METHODS.add(name, cls, label=label)
         cls.name = name
         return cls

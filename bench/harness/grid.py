@@ -8,6 +8,9 @@ Every problem is one ``BenchInputError`` naming the key path, the bad value and 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -18,8 +21,8 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
-    TypeAdapter,
     ValidationError,
+    create_model,
 )
 
 from bench.data import dataset_info
@@ -160,15 +163,31 @@ def _invalid(where: str, path: str, value: Any, message: str) -> BenchInputError
     return BenchInputError(f"{where}: {path} = {_short(value)}: {message}")
 
 
-def _method_params(method: str, overrides: dict[str, Any], *, where: str,
-                   path: str) -> dict[str, Any]:
-    """Validate overrides against the method's declared fields; returns the full parameters."""
+@functools.cache
+def _params_schema(cls: type) -> type[BaseModel]:
+    """A strict model of the method's hyperparameters, from its constructor's signature and
+    type hints (a dataclass's fields, or a plugin's own ``__init__``)."""
+    try:
+        hints = typing.get_type_hints(cls if dataclasses.is_dataclass(cls) else cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable hints: accept any value of that name
+        hints = {}
+    fields: dict[str, Any] = {name: (hints.get(name, Any), default)
+                              for name, default in cls.default_params().items()}
+    return create_model(f"{cls.__name__}Params", __config__=_Strict.model_config, **fields)
+
+
+def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dict[str, Any]:
+    """Validate overrides against the method's declared parameters and construct the method
+    once (its own checks run there); returns the full parameters."""
     cls = get_method(method)
     try:
-        instance = TypeAdapter(cls).validate_python(overrides)
+        values = _params_schema(cls).model_validate(overrides)
     except ValidationError as exc:
         raise _validation_error(exc, where, path) from None
-    return instance.params()
+    try:
+        return cls(**dict(values)).params()
+    except (TypeError, ValueError) as exc:
+        raise _invalid(where, path, overrides, str(exc)) from None
 
 
 def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ...], *,
