@@ -139,7 +139,8 @@ def _path_text(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not str(part).startswith(("function-", "union[", "int", "list[", "str", "constrained")):
+        elif not str(part)[:1].isupper() and not str(part).startswith(
+                ("function-", "union[", "int", "list[", "str", "constrained")):  # union branches
             text += f".{part}" if text else str(part)
     return text or "(top level)"
 
@@ -151,7 +152,10 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _validation_error(exc: ValidationError, where: str, prefix: str = "") -> BenchInputError:
     """The first problem, as one line: where, the key path, the bad value, what is allowed."""
-    err = exc.errors(include_url=False)[0]
+    # Of a union's alternatives, report the one that got furthest: a value error or the deepest
+    # key path beats "wrong type" from an alternative that was never meant.
+    err = min(exc.errors(include_url=False),
+              key=lambda e: (e["type"].endswith("_type"), -len(e["loc"])))
     path = _path_text((*((prefix,) if prefix else ()), *err["loc"]))
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden" or err["type"] == "unexpected_keyword_argument":
