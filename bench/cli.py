@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="parallel cells (joblib); default: one per CPU core on the CPU, "
                         "one per GPU on CUDA")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per cell (default 1); part of every key, because "
+                        "results differ across thread counts, so --jobs never changes them")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--backend", choices=("loky", "dask"), default="loky",
                    help="where cells run: loky = worker processes here, dask = the workers of "
@@ -122,7 +125,9 @@ def _cluster_threads(address: str) -> int:
 
 
 def _dry_run(grid, results_dir: Path) -> None:
-    """List every cell with its state and estimated cost; the total is for cells still to run."""
+    """List every cell with its state and estimated cost; the total is for cells still to run.
+    No data is read: a cell counts as done when a record of its configuration and code exists,
+    for whatever data that record names."""
     from bench.harness import cells as grid_cells
     from bench.harness import cost
 
@@ -131,7 +136,7 @@ def _dry_run(grid, results_dir: Path) -> None:
     total, unknown, trained = 0.0, 0, set()
     for cell in cells:
         # Each original model is trained once and shared by the forget-class sets.
-        original = grid_cells.original_key(cell.experiment, cell.seed)
+        original = grid_cells.original_key(cell)
         flops = cost.cell_flops(experiment=cell.experiment, forget_classes=cell.forget_classes,
                                 method=cell.method, params=cell.params,
                                 trains=cell.method != "original" or original not in trained)
@@ -148,15 +153,76 @@ def _dry_run(grid, results_dir: Path) -> None:
           f"({times})" + (f"; {unknown} cells of unknown cost left out" if unknown else ""))
 
 
+def _probe_writable(folders: list[tuple[str, Path]]) -> None:
+    """Create each folder and a probe file in it, then remove both again: an unusable output
+    path is bad input before anything runs, and a bad run leaves nothing behind."""
+    for flag, folder in folders:
+        created = []
+        try:
+            for parent in reversed([folder, *folder.parents]):
+                if not parent.exists():
+                    parent.mkdir()
+                    created.append(parent)
+            probe = folder / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BenchInputError(f"{flag} {str(folder)!r} is not a writable folder: "
+                                  f"{exc.strerror or exc}") from None
+        finally:
+            for made in reversed(created):
+                try:
+                    made.rmdir()
+                except OSError:
+                    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except (BenchInputError, RegistryError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("run_bench.py: interrupted; finished records are kept, and the next run resumes "
+              "where this one stopped", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. ``--dry-run | head``: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        raise BenchInputError(f"--jobs {args.jobs}: must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise BenchInputError(f"--threads {args.threads}: must be at least 1")
+    if args.backend == "dask" and not args.scheduler:
+        raise BenchInputError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    if args.scheduler and args.backend != "dask":
+        raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
+
+
+def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
+    """Re-render from stored records; data is read (when present) only to fingerprint it, so
+    that records made from other data are left out."""
+    from bench.harness import execute
+    from bench.harness import grid as grids
+    from bench.harness.config import RunConfig
+    from bench.report import render
+
+    grid = grids.load_grid(args.grid)
+    cfg = RunConfig(results_dir=args.results_dir, cache_dir=args.results_dir,
+                    data_root=data_root, threads=args.threads or 1)
+    try:
+        contexts = execute.experiment_contexts(grid, cfg)
+    except BenchInputError as exc:
+        log.warning("%s; records are matched on configuration and code only", exc)
+        contexts = None
+    written = render.render(grid, results_dir=args.results_dir, plots_dir=args.plots_dir,
+                            contexts=contexts)
+    log.info("rendered %d files", len(written))
+    return 0
 
 
 def _main(argv: list[str] | None) -> int:
@@ -171,22 +237,18 @@ def _main(argv: list[str] | None) -> int:
             doc = (get_method(name).__doc__ or "").strip().splitlines()
             print(f"{name:16s} {doc[0] if doc else ''}")
         return 0
-    if args.jobs is not None and args.jobs < 1:
-        raise BenchInputError(f"--jobs {args.jobs}: must be at least 1")
-    if args.backend == "dask" and not args.scheduler:
-        raise BenchInputError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
-    if args.scheduler and args.backend != "dask":
-        raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
+    _check_flags(args)
+    # Absolute paths: Dask workers do not share this process's working directory.
+    data_root = args.data_root and str(Path(args.data_root).resolve())
+    if args.render_only:
+        _probe_writable([("--results-dir", args.results_dir), ("--plots-dir", args.plots_dir)])
+        return _render_only(args, data_root)
 
     from bench.harness import execute, provenance
     from bench.harness import grid as grids
+    from bench.harness.lock import grid_lock
     from bench.report import render
 
-    if args.render_only:
-        grid = grids.load_grid(args.grid)
-        written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
-        log.info("rendered %d files", len(written))
-        return 0
     grid = grids.load_grid(
         args.grid, methods=None if args.methods is None else _methods(args.methods),
         seeds=None if args.seeds is None else _seeds(args.seeds),
@@ -195,30 +257,27 @@ def _main(argv: list[str] | None) -> int:
         _dry_run(grid, args.results_dir)
         return 0
     device = _device(args.device)
-    # Absolute paths: Dask workers do not share this process's working directory.
-    data_root = args.data_root and str(Path(args.data_root).resolve())
     for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
         execute.experiment_data(exp, root=data_root, download=args.download)
     if args.backend == "dask":
         # Connect even with --jobs: an unreachable scheduler is bad input before anything is
         # written, not an error halfway through the grid.
-        cluster_threads = _cluster_threads(args.scheduler)
-        jobs = args.jobs or cluster_threads
-        threads = 1  # this machine's core count says nothing about the workers'
+        jobs = args.jobs or _cluster_threads(args.scheduler)
     else:
         jobs = args.jobs or _default_jobs(device)
-        # Intra-op threads barely help the small models of CPU grids and collapse when
-        # workers oversubscribe the cores, so the cores are shared out between workers.
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+    cache_dir = (args.cache_dir or args.results_dir / ".model_cache").resolve()
+    _probe_writable([("--results-dir", args.results_dir), ("--plots-dir", args.plots_dir),
+                     ("--cache-dir", cache_dir)])
     cfg = RunConfig(
-        results_dir=args.results_dir,
-        cache_dir=(args.cache_dir or args.results_dir / ".model_cache").resolve(),
-        data_root=data_root, download=args.download, device=device, jobs=jobs, threads=threads,
+        results_dir=args.results_dir, cache_dir=cache_dir, data_root=data_root,
+        download=args.download, device=device, jobs=jobs, threads=args.threads or 1,
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
         git_commit=provenance.git_commit(REPO), backend=args.backend, scheduler=args.scheduler)
     start = time.perf_counter()
-    ran, failed = execute.run_grid(grid, cfg)
-    written = render.render(grid.name, results_dir=args.results_dir, plots_dir=args.plots_dir)
+    with grid_lock(args.results_dir / grid.name):
+        ran, failed = execute.run_grid(grid, cfg)
+        written = render.render(grid, results_dir=args.results_dir, plots_dir=args.plots_dir,
+                                contexts=execute.experiment_contexts(grid, cfg))
     log.info("%d cells run (%d failed) in %.1fs; wrote %s", ran, failed,
              time.perf_counter() - start, ", ".join(str(p) for p in written[:3]) + ", ...")
     return 1 if failed else 0

@@ -5,15 +5,28 @@ concatenating datasets, so that lazily loaded datasets (Food-101) never sit in m
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
 
 
 def take_batches(loader: Iterable, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``count`` batches of ``loader``, cycling through it again if it is shorter."""
-    return itertools.islice(itertools.cycle(loader) if count > 0 else iter(()), count)
+    """The first ``count`` batches of ``loader``, starting a new pass if it is shorter.
+
+    Holds only the current batch (``itertools.cycle`` would keep a copy of every batch of
+    the first pass alive: tens of GB for a pass over Food-101).
+    """
+    taken = 0
+    while taken < count:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            taken += 1
+            if taken == count:
+                return
+        if empty:
+            return
 
 
 def interleave(streams: dict[str, tuple[Iterable, int]], *, seed: int

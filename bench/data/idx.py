@@ -77,6 +77,8 @@ def _read_idx_split(folder: Path, *, prefix: str,
     if images.shape[1:] != (image_size, image_size):
         raise BenchInputError(f"malformed IDX file {image_path}: images are "
                               f"{images.shape[1]}x{images.shape[2]}, expected {image_size}x{image_size}")
+    if len(images) == 0:
+        raise BenchInputError(f"IDX file {image_path} holds no images")
     if len(images) != len(labels):
         raise BenchInputError(f"IDX files disagree: {image_path} has {len(images)} images, "
                               f"{label_path} has {len(labels)} labels")

@@ -1,17 +1,25 @@
 """Runs cells: trains or loads the original model, hands a method its task, evaluates, records.
 
 Phase one trains each original model once; phase two runs the cells (in parallel through
-``parallel.spread``), appending one record per finished cell and one error record per failed one.
+``parallel.spread``), appending one record per finished cell and one error record per failed
+one. A worker process that dies (the out-of-memory killer, a crash in native code) becomes an
+error record for the cell it was running, and the grid goes on.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import logging
+import multiprocessing
+import signal
 import time
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.data import (
@@ -21,21 +29,24 @@ from bench.data import (
     make_loader,
     subsample_per_class,
 )
+from bench.errors import BenchInputError
 from bench.harness.accel import configure_backends, eval_batch_size, prepare_model
-from bench.harness.cache import ModelCache, content_key
+from bench.harness.cache import ModelCache
 from bench.harness.cells import (
     Cell,
+    Context,
     original_key,
-    original_spec,
     pending_cells,
     runs_path,
+    train_spec,
     unlearned_key,
 )
 from bench.harness.config import RunConfig
 from bench.harness.grid import Experiment, Grid
-from bench.harness.parallel import spread
+from bench.harness.parallel import WORKER_DEATHS, run_isolated, spread
 from bench.harness.provenance import provenance
 from bench.harness.store import append_record, repair_tail
+from bench.harness.versions import data_fingerprint
 from bench.metrics import accuracy, evaluate_splits, predict_logits
 from bench.models import build_model
 from methods import UnlearningTask, get_method, load_plugins
@@ -43,24 +54,48 @@ from methods.training import train_model
 
 log = logging.getLogger(__name__)
 
+
 @functools.lru_cache(maxsize=4)
 def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
                    train_per_class: int | None = None,
-                   test_per_class: int | None = None) -> ImageData:
+                   test_per_class: int | None = None) -> tuple[ImageData, str]:
+    """(the data, its fingerprint), loaded once per process."""
     data = load_dataset(name, root=root, download=download, split_seed=split_seed)
-    if train_per_class is None and test_per_class is None:
-        return data
-    return subsample_per_class(data, train_per_class=train_per_class,
-                               test_per_class=test_per_class, seed=split_seed)
+    if train_per_class is not None or test_per_class is not None:
+        data = subsample_per_class(data, train_per_class=train_per_class,
+                                   test_per_class=test_per_class, seed=split_seed)
+    if len(data.train_targets) == 0 or len(data.test_targets) == 0:
+        raise BenchInputError(f"dataset {name!r} has an empty split: {len(data.train_targets)} "
+                              f"training and {len(data.test_targets)} test images")
+    return data, data_fingerprint(data)
 
 
 def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> ImageData:
     return cached_dataset(exp.dataset, root, download, exp.split_seed,
-                          exp.train_per_class, exp.test_per_class)
+                          exp.train_per_class, exp.test_per_class)[0]
+
+
+def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
+    """Each experiment's context: its data's fingerprint and the per-cell thread count."""
+    return {i: Context(data_fingerprint=cached_dataset(
+                e.dataset, cfg.data_root, cfg.download, e.split_seed, e.train_per_class,
+                e.test_per_class)[1], threads=cfg.threads)
+            for i, e in enumerate(grid.experiments)}
+
+
+def _cell_data(cell: Cell, cfg: RunConfig) -> ImageData:
+    exp = cell.experiment
+    data, fingerprint = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed,
+                                       exp.train_per_class, exp.test_per_class)
+    if fingerprint != cell.context.data_fingerprint:
+        raise RuntimeError(f"the data of {exp.dataset!r} changed while the grid ran "
+                           f"(fingerprint {fingerprint}, expected "
+                           f"{cell.context.data_fingerprint})")
+    return data
 
 
 def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
-                   initialised: bool = True):
+                   initialised: bool = True) -> Callable[[], torch.nn.Module]:
     """``initialised=False`` skips reading pretrained weights, for models loaded from the cache."""
     def make() -> torch.nn.Module:
         model = build_model(exp.arch, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -71,45 +106,60 @@ def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
     return make
 
 
-def _cached_training(*, spec: dict[str, Any], exp: Experiment, data: ImageData,
-                     indices, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
-    """Load the model ``spec`` determines from the cache, or train it on ``indices`` and store it."""
-    cache = ModelCache(cfg.cache_dir)
-    key = content_key(spec)
+def ensure_original(cell: Cell, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
+    """The cell's original model from the cache, or trained on all training data and stored."""
+    exp, seed = cell.experiment, cell.seed
+    data = _cell_data(cell, cfg)
+    cache, key = ModelCache(cfg.cache_dir), original_key(cell)
     model = _model_factory(exp, data, cfg, initialised=False)()
     meta = cache.load(key, model)
     if meta is None:
         device = torch.device(cfg.device)
         torch.manual_seed(seed)
         model = _model_factory(exp, data, cfg)()
-        loader = make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
-                             seed=seed, device=device)
+        loader = make_loader(data.train, np.arange(len(data.train_targets)),
+                             batch_size=exp.train.batch_size, shuffle=True, seed=seed,
+                             device=device)
         start = time.perf_counter()
         train_model(model, loader, exp.train, device=device)
-        meta = {"spec": spec, "train_s": time.perf_counter() - start}
+        meta = {"spec": {"kind": "original", **train_spec(cell)},
+                "train_s": time.perf_counter() - start}
         cache.save(key, model, meta)
-        log.debug("trained %s in %.1fs (cache %s)", spec["kind"], meta["train_s"], key)
+        log.debug("trained original %s in %.1fs (cache %s)", cell.key, meta["train_s"], key)
     return model.eval(), meta
 
 
-def ensure_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
-    data = experiment_data(exp, root=cfg.data_root, download=cfg.download)
-    return _cached_training(spec=original_spec(exp, seed), exp=exp, data=data, seed=seed, cfg=cfg,
-                            indices=torch.arange(len(data.train_targets)).numpy())
-
-
 def _prepare_worker(cfg: RunConfig) -> None:
-    """Worker processes start bare: set their thread count and register the user's plugins."""
+    """Worker processes start bare: set their thread count and register the user's plugins.
+    Ctrl-C is the parent's to handle: a worker that took it would print its own traceback."""
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     configure_backends(cfg.device)
     load_plugins(cfg.plugins, use_entry_points=False)
 
 
-def train_original(exp: Experiment, seed: int, cfg: RunConfig) -> tuple[str, float]:
+def train_original(cell: Cell, cfg: RunConfig) -> tuple[str, float]:
     """Phase one of a grid: (which original, its training time in seconds)."""
     _prepare_worker(cfg)
-    return f"{exp.dataset}/{exp.arch} seed {seed}", ensure_original(exp, seed, cfg)[1]["train_s"]
+    exp = cell.experiment
+    return f"{exp.dataset}/{exp.arch} seed {cell.seed}", ensure_original(cell, cfg)[1]["train_s"]
+
+
+def _test_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device) -> dict:
+    return _class_loaders(data, forget, device, split="test")
+
+
+def _class_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device, *,
+                   split: str) -> dict:
+    dataset, targets = ((data.test, data.test_targets) if split == "test"
+                        else (data.train, data.train_targets))
+    return {f"{part}_{split}": make_loader(dataset, class_indices(targets, forget,
+                                                                  include=part == "forget"),
+                                           batch_size=eval_batch_size(device), shuffle=False,
+                                           device=device)
+            for part in ("forget", "retain")}
 
 
 def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curves: bool,
@@ -123,7 +173,6 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         return make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                            seed=seed, device=device)
 
-    factory = _model_factory(exp, data, cfg)
     test_sets = _test_loaders(data, cell.forget_classes, device)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -141,21 +190,12 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         forget_loader=loader(True) if "forget" in needs else None,
         retain_loader=loader(False) if "retain" in needs else None,
         device=device, seed=seed,
-        make_model=factory if "architecture" in needs else None,
+        make_model=_model_factory(exp, data, cfg) if "architecture" in needs else None,
         train_model=((lambda m, ld: train_model(m, ld, exp.train, device=device))
                      if "architecture" in needs else None),
         log=lambda **values: curve.append(values),
         evaluate=evaluate if curves else None,
     )
-
-
-def _test_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device) -> dict:
-    return {
-        f"{part}_test": make_loader(data.test, class_indices(data.test_targets, forget,
-                                                              include=part == "forget"),
-                                    batch_size=eval_batch_size(device), shuffle=False, device=device)
-        for part in ("forget", "retain")
-    }
 
 
 def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: RunConfig,
@@ -185,66 +225,132 @@ def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: Run
     return model.eval(), fields
 
 
-def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool) -> dict[str, Any]:
-    """One cell end to end; failures come back as an error record instead of raising."""
+def _record_base(cell: Cell, cfg: RunConfig) -> dict[str, Any]:
+    exp = cell.experiment
+    return {"cell": cell.key, "config_hash": cell.config_hash, "dataset": exp.dataset,
+            "arch": exp.arch, "forget_classes": cell.classes_text, "method": cell.label,
+            "registered_method": cell.method, "seed": cell.seed, "params": cell.params,
+            "train": exp.train.as_dict(), **exp.data_spec,
+            "code_version": cell.code_version,
+            "data_fingerprint": cell.context.data_fingerprint,
+            "threads": cell.context.threads,
+            **provenance(device=cfg.device, commit=cfg.git_commit)}
+
+
+def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None = None
+             ) -> dict[str, Any]:
+    """One cell end to end; failures come back as an error record instead of raising.
+
+    While it runs, a marker file under ``markers`` names the cell, so that the parent can tell
+    which cell a dead worker was running.
+    """
     _prepare_worker(cfg)
-    base = {"cell": cell.key, "config_hash": cell.config_hash, "dataset": cell.experiment.dataset,
-            "arch": cell.experiment.arch, "forget_classes": cell.classes_text,
-            "method": cell.label, "registered_method": cell.method, "seed": cell.seed,
-            "params": cell.params, "train": cell.experiment.train.as_dict(),
-            **cell.experiment.data_spec}
+    marker = None
+    if markers is not None:
+        marker = markers / hashlib.sha1(cell.key.encode()).hexdigest()
+        marker.write_text(cell.key)
     try:
-        exp = cell.experiment
-        data = experiment_data(exp, root=cfg.data_root, download=cfg.download)
-        original, meta = ensure_original(exp, cell.seed, cfg)
+        base = _record_base(cell, cfg)
+        data = _cell_data(cell, cfg)
+        original, meta = ensure_original(cell, cfg)
         if cell.method == "original":
             model, fields = original, {"time_s": meta["train_s"], "timings": {}, "curve": []}
         else:
             model, fields = _unlearn(cell, original, data, cfg=cfg, curves=curves)
         device = torch.device(cfg.device)
-        train_sets = {
-            f"{part}_train": make_loader(
-                data.train, class_indices(data.train_targets, cell.forget_classes,
-                                          include=part == "forget"),
-                batch_size=eval_batch_size(device), shuffle=False, device=device)
-            for part in ("forget", "retain")}
-        metrics = evaluate_splits(model, device=device, seed=cell.seed,
-                                  **train_sets, **_test_loaders(data, cell.forget_classes, device))
-        return {**base, **metrics, **fields, **provenance(device=cfg.device, commit=cfg.git_commit)}
+        metrics = evaluate_splits(
+            model, device=device, seed=cell.seed,
+            **_class_loaders(data, cell.forget_classes, device, split="train"),
+            **_test_loaders(data, cell.forget_classes, device))
+        return {**base, **metrics, **fields}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
-        return {**base, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), **provenance(device=cfg.device, commit=cfg.git_commit)}
+        return {**_record_base(cell, cfg), "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+
+
+def _died(cell: Cell, cfg: RunConfig, exc: BaseException) -> dict[str, Any]:
+    return {**_record_base(cell, cfg),
+            "error": f"the worker process running this cell died ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:200]}); killed by the out-of-memory "
+                     "killer, or a crash in native code?",
+            "traceback": ""}
+
+
+def _markers_dir(cfg: RunConfig, grid: Grid) -> Path:
+    """Per results directory and grid; the grid lock makes it this run's alone."""
+    tag = hashlib.sha1(f"{cfg.results_dir.resolve()}/{grid.name}".encode()).hexdigest()[:16]
+    folder = cfg.cache_dir / ".running" / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def _run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
+               on_record: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``cells``; when a worker dies, the cells that were running are rerun one at a time
+    in a fresh worker, and the one that dies again becomes an error record."""
+    markers = _markers_dir(cfg, grid)
+    remaining = {c.key: c for c in cells}
+    work = functools.partial(run_cell, curves=grid.curves, markers=markers)
+    while remaining:
+        try:
+            for record in spread(work, [(c,) for c in remaining.values()], cfg):
+                remaining.pop(record["cell"], None)
+                on_record(record)
+        except WORKER_DEATHS as exc:
+            running = {m.read_text() for m in markers.iterdir()}
+            suspects = [c for key, c in remaining.items() if key in running]
+            log.warning("a worker process died (%s); rerunning the %d cell(s) it may have "
+                        "been running one at a time", type(exc).__name__, len(suspects))
+            if not suspects:  # it died before naming a cell: nothing to attribute it to
+                suspects = list(remaining.values())[:1]
+            for marker in markers.iterdir():
+                marker.unlink(missing_ok=True)
+            for cell in suspects:
+                try:
+                    record = run_isolated(work, cell, cfg)
+                except WORKER_DEATHS as again:
+                    record = _died(cell, cfg, again)
+                remaining.pop(cell.key, None)
+                on_record(record)
 
 
 def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
-    """Compute every missing cell; returns (cells run, cells failed)."""
+    """Compute every missing cell; returns (cells run, cells failed). The caller holds the
+    grid's lock."""
     out = runs_path(cfg.results_dir, grid.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(out)
-    cells, pending = pending_cells(grid, cfg.results_dir)
+    cells, pending = pending_cells(grid, cfg.results_dir, experiment_contexts(grid, cfg))
     log.info("grid %s: %d cells, %d already done, %d to run", grid.name, len(cells),
              len(cells) - len(pending), len(pending))
     if not pending:
         return 0, 0
     # Originals first, once each, so parallel cells never train the same model twice.
-    originals = {original_key(c.experiment, c.seed): (c.experiment, c.seed)
-                 for c in pending}
-    missing = [(e, s) for key, (e, s) in originals.items()
+    originals = {original_key(c): c for c in pending}
+    missing = [(c,) for key, c in originals.items()
                if not ModelCache(cfg.cache_dir).path(key).exists()]
     for which, train_s in spread(train_original, missing, cfg):
         log.info("trained original %s in %.1fs", which, train_s)
-    failed = 0
     errors = out.with_name("errors.jsonl")
-    results = spread(functools.partial(run_cell, curves=grid.curves),
-                      [(c,) for c in pending], cfg)
-    for done, record in enumerate(results, 1):
+    counts = {"done": 0, "failed": 0}
+
+    def on_record(record: dict[str, Any]) -> None:
+        counts["done"] += 1
+        progress = f"[{counts['done']}/{len(pending)}] {record['cell']}"
         if "error" in record:
-            failed += 1
+            counts["failed"] += 1
             append_record(errors, record)
-            log.error("[%d/%d] %s failed: %s", done, len(pending), record["cell"], record["error"])
-            continue
+            log.error("%s failed: %s", progress, record["error"])
+            return
         append_record(out, record)
-        log.info("[%d/%d] %s: A_Df %.1f A_Dr %.1f MIA %.1f (%.1fs)", done, len(pending),
-                 record["cell"], record["acc_forget_test"], record["acc_retain_test"],
-                 record["mia"], record["time_s"])
-    return len(pending), failed
+        log.info("%s: A_Df %.1f A_Dr %.1f MIA %.1f (%.1fs)", progress,
+                 record["acc_forget_test"], record["acc_retain_test"], record["mia"],
+                 record["time_s"])
+
+    _run_cells(pending, cfg, grid=grid, on_record=on_record)
+    return len(pending), counts["failed"]

@@ -12,6 +12,32 @@ from bench.errors import BenchInputError
 from bench.harness.config import RunConfig
 
 
+def _worker_death_types() -> tuple[type[BaseException], ...]:
+    """What a dead worker looks like to the parent: loky's broken pool, or Dask's KilledWorker
+    after the scheduler gave up on a task that kept killing its workers."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    types: list[type[BaseException]] = [BrokenProcessPool]
+    try:
+        from distributed.scheduler import KilledWorker
+        types.append(KilledWorker)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+WORKER_DEATHS = _worker_death_types()
+
+
+def run_isolated(fn: Callable[..., Any], cell: Any, cfg: RunConfig) -> Any:
+    """``fn(cell, cfg)`` alone in a fresh worker process: a death there raises one of
+    ``WORKER_DEATHS`` instead of taking the parent down."""
+    from joblib.externals.loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=1, reuse=False)
+    return executor.submit(fn, cell, cfg).result()
+
+
 def _worker_configs(cfg: RunConfig) -> list[RunConfig]:
     """On a multi-GPU box, "cuda" is spread over the devices: cell i goes to cuda:i mod n."""
     count = torch.cuda.device_count() if cfg.device == "cuda" else 0

@@ -12,13 +12,15 @@ from bench.models import ARCHITECTURES
 from methods import METHODS
 
 KEYS = ["dataset", "arch", "forget_classes", "method"]
+# Which code made a record: summary.csv lists them per row, the tables in a note.
+PROVENANCE = ["code_version", "git_commit"]
 PAPER_ORDER = ["original", "retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per cell; a cell recomputed under a new configuration keeps its latest record."""
-    rows = [{k: r[k] for k in (*KEYS, "seed", "cell", *METRIC_NAMES)} for r in records
-            if "error" not in r]
-    frame = pd.DataFrame(rows, columns=[*KEYS, "seed", "cell", *METRIC_NAMES])
+    columns = [*KEYS, "seed", "cell", *PROVENANCE, *METRIC_NAMES]
+    rows = [{k: r.get(k) for k in columns} for r in records if "error" not in r]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["forget_classes"] = frame["forget_classes"].astype(str)
     return frame.drop_duplicates("cell", keep="last").reset_index(drop=True)
 
@@ -39,6 +41,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     stats = grouped.agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats.insert(0, "n_seeds", frame.groupby(KEYS, sort=False)["seed"].nunique())
+    for column in PROVENANCE:
+        stats[column] = frame.groupby(KEYS, sort=False)[column].agg(
+            lambda values: " ".join(sorted({str(v) for v in values})))
     summary = stats.reset_index()
     order = {m: i for i, m in enumerate(method_order(summary["method"]))}
     summary = summary.assign(

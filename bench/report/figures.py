@@ -1,11 +1,13 @@
 """Figures with seaborn: accuracies per method with error bars, unlearning time, PBU curves."""
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import pandas as pd
 
+from bench.harness.store import write_atomic
 from bench.metrics import PAPER_PAIR, metric
 from bench.report.aggregate import label, method_order
 
@@ -24,7 +26,9 @@ def _pyplot():
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+        write_atomic(path, buffer.getvalue())
     return paths
 
 

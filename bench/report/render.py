@@ -1,39 +1,44 @@
-"""Re-render a grid's tables and figures from its stored records (no computation)."""
+"""Render a grid's tables and figures from its current records (no computation).
+
+Only records made by the grid's current configuration, code and data enter a table; the
+others are counted and reported as stale, never mixed into a mean.
+"""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-from bench.harness.store import read_records
+from bench.harness.cells import Context, current_records
+from bench.harness.grid import Grid
+from bench.harness.store import read_records, write_atomic
 from bench.report.aggregate import records_frame, summarize
 from bench.report.figures import render_figures
-from bench.report.tables import latex_table, markdown_table
+from bench.report.tables import latex_table, markdown_table, provenance_note
 
 log = logging.getLogger(__name__)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def render(grid_name: str, *, results_dir: Path, plots_dir: Path) -> list[Path]:
+def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
+           contexts: dict[int, Context] | None = None) -> list[Path]:
     """Write summary.csv, table.md, table.tex and the figures; returns the written paths."""
-    out = results_dir / grid_name
-    # Latest record per cell: a cell recomputed under a new configuration replaces the old.
-    records = list({r["cell"]: r for r in read_records(out / "runs.jsonl")}.values())
+    out = results_dir / grid.name
+    current, stale = current_records(grid, list(read_records(out / "runs.jsonl")), contexts)
+    if stale:
+        log.warning("%s: skipped %d stale record(s), made by another configuration, other "
+                    "code or other data (or by a method that is not registered now)",
+                    out / "runs.jsonl", stale)
+    records = list(current.values())
     frame = records_frame(records)
     if frame.empty:
-        log.warning("no records for grid %s under %s: nothing to render", grid_name, out)
+        log.warning("no current records for grid %s under %s: nothing to render", grid.name, out)
         return []
     summary = summarize(frame)
     written = []
+    note = provenance_note(frame)
     for name, text in (("summary.csv", summary.to_csv(index=False, float_format="%.4f")),
-                       ("table.md", markdown_table(summary)),
-                       ("table.tex", latex_table(summary))):
-        _write_atomic(out / name, text)
+                       ("table.md", markdown_table(summary) + "\n" + note + "\n"),
+                       ("table.tex", latex_table(summary) + f"% {note}\n")):
+        write_atomic(out / name, text)
         written.append(out / name)
-    written += render_figures(frame, records, plots_dir / grid_name)
+    written += render_figures(frame, records, plots_dir / grid.name)
     return written

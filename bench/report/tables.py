@@ -47,6 +47,13 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance_note(frame: pd.DataFrame) -> str:
+    """One line saying which commits made the records (per-method code versions: summary.csv)."""
+    commits = sorted({str(c) for c in frame["git_commit"]})
+    return (f"Records from {len(frame)} cells, made by commit(s) {', '.join(commits)}; each "
+            "method's code version is in summary.csv.")
+
+
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#",
                   "_": r"\_", "$": r"\$", "{": r"\{", "}": r"\}"}
 
