@@ -154,27 +154,33 @@ def _dry_run(grid, results_dir: Path) -> None:
 
 
 def _probe_writable(folders: list[tuple[str, Path]]) -> None:
-    """Create each folder and a probe file in it, then remove both again: an unusable output
-    path is bad input before anything runs, and a bad run leaves nothing behind."""
-    for flag, folder in folders:
-        created = []
-        try:
-            for parent in reversed([folder, *folder.parents]):
-                if not parent.exists():
-                    parent.mkdir()
-                    created.append(parent)
-            probe = folder / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise BenchInputError(f"{flag} {str(folder)!r} is not a writable folder: "
-                                  f"{exc.strerror or exc}") from None
-        finally:
-            for made in reversed(created):
-                try:
-                    made.rmdir()
-                except OSError:
-                    pass
+    """Create each folder and a probe file in it: an unusable output path is bad input before
+    anything runs. On failure the folders this created are removed again, so a bad run leaves
+    nothing behind; on success they stay for the run."""
+    created: list[Path] = []
+    try:
+        for flag, folder in folders:
+            try:
+                for parent in reversed([folder, *folder.parents]):
+                    if not parent.exists():
+                        try:
+                            parent.mkdir()
+                            created.append(parent)
+                        except FileExistsError:  # a concurrent run made it
+                            pass
+                probe = folder / f".probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise BenchInputError(f"{flag} {str(folder)!r} is not a writable folder: "
+                                      f"{exc.strerror or exc}") from None
+    except BenchInputError:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ Every problem is one ``BenchInputError`` naming the key path, the bad value and 
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import functools
 import typing
@@ -52,7 +53,14 @@ def _forget_set(value: int | list[int]) -> tuple[int, ...]:
     return tuple(sorted(_unique(classes)))
 
 
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+def _name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError("must be 1-64 letters, digits, '_', '.', '+' or '-', starting with a "
+                         "letter or digit (it names a folder and a table column)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
 ForgetSet = Annotated[NonNegativeInt | list[NonNegativeInt], AfterValidator(_forget_set)]
 
 
@@ -157,7 +165,8 @@ def _validation_error(exc: ValidationError, where: str, prefix: str = "") -> Ben
     err = min(exc.errors(include_url=False),
               key=lambda e: (e["type"].endswith("_type"), -len(e["loc"])))
     path = _path_text((*((prefix,) if prefix else ()), *err["loc"]))
-    message = err["msg"].removeprefix("Value error, ")
+    message = err["msg"].removeprefix("Value error, ").split(" or an instance of ")[0]
+    message = message.split(" or instance of ")[0]
     if err["type"] == "extra_forbidden" or err["type"] == "unexpected_keyword_argument":
         message = "unknown key"
     return BenchInputError(f"{where}: {path} = {_short(err['input'])}: {message}")
