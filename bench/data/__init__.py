@@ -11,13 +11,22 @@ from bench.data.loaders import (
     tensor_image_data,
 )
 from bench.data.registry import (
+    DATASETS,
     DatasetInfo,
     ImageData,
     dataset_info,
-    list_datasets,
     load_dataset,
 )
 
-__all__ = ["DatasetInfo", "ImageData", "TensorBatches", "class_indices", "dataset_info",
-           "list_datasets", "load_dataset", "make_loader", "subsample_per_class",
-           "tensor_image_data"]
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "ImageData",
+    "TensorBatches",
+    "class_indices",
+    "dataset_info",
+    "load_dataset",
+    "make_loader",
+    "subsample_per_class",
+    "tensor_image_data",
+]

@@ -79,8 +79,8 @@ def _cifar_classes(path: Path, *, num_classes: int) -> tuple[str, ...]:
     return tuple(n.decode("utf-8") for n in names)
 
 
-@register_dataset("cifar100", label="CIFAR-100", num_classes=100, in_channels=3, image_size=32, train_size=50000,
-                  test_size=10000)
+@register_dataset("cifar100", label="CIFAR-100", num_classes=100, in_channels=3,
+                  image_size=32, train_size=50000, test_size=10000)
 def load_cifar100(*, root: str | Path | None = None, download: bool = False,
                   split_seed: int = 0) -> ImageData:
     """CIFAR-100 (fine labels), 50,000 train / 10,000 test, per-channel train normalisation."""

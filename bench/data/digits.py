@@ -9,8 +9,8 @@ from bench.data.loaders import tensor_image_data
 from bench.data.registry import ImageData, register_dataset
 
 
-@register_dataset("digits", label="Digits", num_classes=10, in_channels=1, image_size=8, train_size=1257,
-                  test_size=540)
+@register_dataset("digits", label="Digits", num_classes=10, in_channels=1, image_size=8,
+                  train_size=1257, test_size=540)
 def load_digits(*, root: str | Path | None = None, download: bool = False,
                 split_seed: int = 0) -> ImageData:
     """scikit-learn's bundled 8x8 digits (1,797 images), stratified 70/30 split by ``split_seed``."""

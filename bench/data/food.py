@@ -80,8 +80,8 @@ def _food_split(folder: Path, *, split: str,
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-@register_dataset("food101", label="Food-101", num_classes=101, in_channels=3, image_size=224, train_size=75750,
-                  test_size=25250)
+@register_dataset("food101", label="Food-101", num_classes=101, in_channels=3,
+                  image_size=224, train_size=75750, test_size=25250)
 def load_food101(*, root: str | Path | None = None, download: bool = False,
                  split_seed: int = 0) -> ImageData:
     """Food-101, 75,750 train / 25,250 test JPEGs, read lazily and centre-cropped to 224."""

@@ -111,8 +111,8 @@ def _load_idx_dataset(name: str, *, folder_names: tuple[str, str], extra_dirs: S
 
 
 
-@register_dataset("mnist", label="MNIST", num_classes=10, in_channels=1, image_size=28, train_size=60000,
-                  test_size=10000)
+@register_dataset("mnist", label="MNIST", num_classes=10, in_channels=1, image_size=28,
+                  train_size=60000, test_size=10000)
 def load_mnist(*, root: str | Path | None = None, download: bool = False,
                split_seed: int = 0) -> ImageData:
     """MNIST digits, 60,000 train / 10,000 test, from IDX files."""
@@ -122,8 +122,8 @@ def load_mnist(*, root: str | Path | None = None, download: bool = False,
                              fetch=torchvision_fetch("MNIST"))
 
 
-@register_dataset("fashion-mnist", label="Fashion-MNIST", num_classes=10, in_channels=1, image_size=28,
-                  train_size=60000, test_size=10000)
+@register_dataset("fashion-mnist", label="Fashion-MNIST", num_classes=10, in_channels=1,
+                  image_size=28, train_size=60000, test_size=10000)
 def load_fashion_mnist(*, root: str | Path | None = None, download: bool = False,
                        split_seed: int = 0) -> ImageData:
     """Fashion-MNIST, 60,000 train / 10,000 test; also found where Debian's package puts it."""

@@ -69,10 +69,6 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS.get(name)
 
 
-def list_datasets(pattern: str = "*") -> list[str]:
-    return DATASETS.names(pattern)
-
-
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
                  split_seed: int = 0) -> ImageData:
     return dataset_info(name).load(root=root, download=download, split_seed=split_seed)

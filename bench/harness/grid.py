@@ -8,9 +8,9 @@ Every problem is one ``BenchInputError`` naming the key path, the bad value and 
 from __future__ import annotations
 
 import copy
-import re
 import dataclasses
 import functools
+import re
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
