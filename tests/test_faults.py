@@ -122,7 +122,7 @@ def test_a_cache_entry_of_another_shape_is_recomputed(tmp_path):
 
 
 def test_a_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import bench.harness.store as store
+    from bench.harness import store
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
