@@ -16,9 +16,24 @@ from pathlib import Path
 from bench.harness.builtin_grids import PAPER_METHODS
 
 __all__ = [
-    "OUT", "PAPER_METHODS", "REPO", "RUN_BENCH", "SUBPROCESS_ENV", "TINY_CELLS", "TINY_GRID_YAML",
-    "CliResult", "FinishedRun", "find_cell", "grid_yaml", "make_case", "run_cli", "run_main",
-    "assert_clean_bad_input", "start_cli", "tree", "write_grid",
+    "OUT",
+    "PAPER_METHODS",
+    "REPO",
+    "RUN_BENCH",
+    "SUBPROCESS_ENV",
+    "TINY_CELLS",
+    "TINY_GRID_YAML",
+    "CliResult",
+    "FinishedRun",
+    "assert_clean_bad_input",
+    "find_cell",
+    "grid_yaml",
+    "make_case",
+    "run_cli",
+    "run_main",
+    "start_cli",
+    "tree",
+    "write_grid",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from helpers import PAPER_METHODS
 
-from bench.report.aggregate import method_order, records_frame, summarize
-from bench.metrics import METRIC_NAMES
-from bench.report.render import render
 from bench.harness.store import append_record
+from bench.metrics import METRIC_NAMES
+from bench.report.aggregate import method_order, records_frame, summarize
+from bench.report.render import render
 
 SUMMARY_COLUMNS = [
     "dataset", "arch", "forget_classes", "method", "n_seeds",

@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.data.idx as idx
-from bench.data import dataset_info, load_dataset
+from bench.data import dataset_info, idx, load_dataset
 from bench.errors import BenchInputError
 
 # ---------------------------------------------------------------- IDX helpers

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_entropy_mia_separates_confident_from_uncertain_outputs():
 class SpySVC:
     """Stands in for sklearn's SVC: records what the attack is fitted on."""
 
-    fits: list[tuple[np.ndarray, np.ndarray]] = []
+    fits: ClassVar[list[tuple[np.ndarray, np.ndarray]]] = []
 
     def __init__(self, **kwargs):
         self.svc = SVC(**kwargs)
@@ -165,7 +166,7 @@ def test_entropy_mia_balancing_changes_the_answer():
     members = 2 * torch.randn(3000, 10, generator=gen)
     nonmembers = torch.randn(40, 10, generator=gen)
     targets = torch.randn(200, 10, generator=gen)
-    h = lambda logits: softmax_entropy(logits)[:, None]  # noqa: E731
+    h = lambda logits: softmax_entropy(logits)[:, None]
     unbalanced = SVC(C=3, gamma="auto", kernel="rbf").fit(
         np.concatenate([h(members), h(nonmembers)]),
         np.concatenate([np.ones(3000), np.zeros(40)]))

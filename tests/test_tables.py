@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from helpers import PAPER_METHODS
 
-from bench.report.aggregate import records_frame, summarize
 from bench.metrics import METRIC_NAMES
+from bench.report.aggregate import records_frame, summarize
 from bench.report.tables import latex_table, markdown_table
 
 # Table columns: the original model, then the paper's methods.
