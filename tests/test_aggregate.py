@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PAPER_METHODS
 
-from bench.aggregate import method_order, records_frame, summarize
-from bench.metrics import METRICS
-from bench.render import render
-from bench.store import append_record
+from bench.harness.store import append_record
+from bench.metrics import METRIC_NAMES
+from bench.report.aggregate import method_order, records_frame, summarize
+from bench.report.render import render
 
 SUMMARY_COLUMNS = [
     "dataset", "arch", "forget_classes", "method", "n_seeds",
@@ -19,13 +20,13 @@ SUMMARY_COLUMNS = [
     "acc_forget_train_mean", "acc_forget_train_std", "acc_retain_train_mean",
     "acc_retain_train_std", "mia_mean", "mia_std", "time_s_mean", "time_s_std",
 ]
-PAPER_ORDER = ["original", "retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
+PAPER_ORDER = ["original", *PAPER_METHODS]
 
 
 def record(method: str, seed: int, *, classes: str = "2", dataset: str = "digits",
            arch: str = "smallcnn", **metrics: float) -> dict:
     """A stored record; metrics not given get distinct, deterministic values."""
-    values = {m: 10.0 * i + seed + 0.25 for i, m in enumerate(METRICS)}
+    values = {m: 10.0 * i + seed + 0.25 for i, m in enumerate(METRIC_NAMES)}
     values.update(metrics)
     return {"cell": f"{dataset}/{arch}/{classes}/{method}/{seed}", "dataset": dataset,
             "arch": arch, "forget_classes": classes, "method": method, "seed": seed,
@@ -43,12 +44,12 @@ def summary_row(summary: pd.DataFrame, method: str, classes: str = "2", **keys) 
 
 def test_mean_and_sample_std_per_metric():
     rng = np.random.default_rng(0)
-    values = {m: rng.uniform(0, 100, size=3) for m in METRICS}
-    records = [record("finetune", s, **{m: float(values[m][s]) for m in METRICS})
+    values = {m: rng.uniform(0, 100, size=3) for m in METRIC_NAMES}
+    records = [record("finetune", s, **{m: float(values[m][s]) for m in METRIC_NAMES})
                for s in range(3)]
     row = summary_row(summarize(records_frame(records)), "finetune")
     assert row["n_seeds"] == 3
-    for metric in METRICS:
+    for metric in METRIC_NAMES:
         assert row[f"{metric}_mean"] == pytest.approx(np.mean(values[metric]), abs=1e-12)
         assert row[f"{metric}_std"] == pytest.approx(np.std(values[metric], ddof=1), abs=1e-12)
 

@@ -1,7 +1,10 @@
 """``run_bench.py --backend dask --scheduler ADDRESS``: a grid's cells run on a Dask cluster's
 workers and give the same summary as a serial run; a missing or unreachable scheduler is bad input.
 
-The cluster is a local one (2 worker processes, 1 thread each) on the loopback interface.
+The end-to-end test (slow) uses a local cluster of 2 worker processes, 1 thread each, on the
+loopback interface; the fast tests use an in-process cluster of 2 single-thread workers. Cells
+running in two threads of one process share torch's global seed, so only worker processes (the
+README's ``--nthreads 1`` workers) give the serial run's numbers exactly.
 """
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_grid
-from test_cli import assert_clean_bad_input, run_main
+from helpers import assert_clean_bad_input, run_main, write_grid
 
 from bench import cli
+from bench.harness import execute
+from bench.harness.config import RunConfig
+from bench.harness.parallel import dask_client, spread
 
 # 2 seeds: the originals phase has two items, so it goes to the cluster too (one item runs here).
 GRID_YAML = """\
@@ -57,13 +62,17 @@ def datasets_loaded_by_workers(local) -> int:
     import distributed
 
     def loaded() -> int:  # runs in each worker (pickled by value)
-        module = sys.modules.get("bench.runner")
+        module = sys.modules.get("bench.harness.execute")
         return module.cached_dataset.cache_info().misses if module else 0
 
     with distributed.Client(local) as client:
         return sum(client.run(loaded).values())
 
 
+# ~100 s (worker processes start and import torch). In the default run,
+# test_cli_dask_backend_on_in_process_workers_matches_a_serial_run covers the same path with
+# in-process workers and test_spread_runs_every_item_on_the_dask_workers the dispatch.
+@pytest.mark.slow
 def test_dask_run_gives_the_serial_runs_summary(cluster, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="bench")
     write_grid(tmp_path, GRID_YAML, "dasky.yaml")
@@ -95,6 +104,98 @@ def test_dask_run_gives_the_serial_runs_summary(cluster, tmp_path, monkeypatch, 
     pd.testing.assert_frame_equal(summary(tmp_path / "dask"), summary(tmp_path / "serial"),
                                   check_exact=True)
     assert len(summary(tmp_path / "serial")) == 2  # original and finetune
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    """Two single-thread workers inside this process: starts in about a second."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as local:
+        yield local
+
+
+def where_it_ran(item: int, cfg: RunConfig) -> tuple[int, str | None, str]:
+    """(item, the Dask worker's address or None, the config's backend)."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker().address
+    except ValueError:  # not on a worker
+        worker = None
+    return item, worker, cfg.backend
+
+
+def test_spread_runs_every_item_on_the_dask_workers(threads_cluster, tmp_path):
+    cfg = RunConfig(results_dir=tmp_path, cache_dir=tmp_path, jobs=2, backend="dask",
+                    scheduler=threads_cluster.scheduler_address)
+    results = list(spread(where_it_ran, [(i,) for i in range(6)], cfg))
+    assert sorted(item for item, _, _ in results) == list(range(6))  # each once, any order
+    workers = {w.address for w in threads_cluster.workers.values()}
+    assert {worker for _, worker, _ in results} <= workers
+    assert None not in {worker for _, worker, _ in results}
+    assert {backend for _, _, backend in results} == {"dask"}
+
+
+def test_spread_with_one_job_runs_here_in_order(tmp_path):
+    cfg = RunConfig(results_dir=tmp_path, cache_dir=tmp_path, jobs=1, backend="dask",
+                    scheduler="tcp://127.0.0.1:1")  # never contacted
+    assert list(spread(where_it_ran, [(i,) for i in range(3)], cfg)) == [
+        (0, None, "dask"), (1, None, "dask"), (2, None, "dask")]
+
+
+def test_dask_client_connects_and_reports_the_workers(threads_cluster):
+    with dask_client(threads_cluster.scheduler_address) as client:
+        assert client.nthreads() == {w.address: 1 for w in threads_cluster.workers.values()}
+        assert len(client.nthreads()) == 2
+
+
+# Where phase one (train_original) and phase two (run_cell) ran: Dask serialises the task
+# functions, so the record is a module global (pickled by reference), not a closure's list.
+RAN_ON: dict[str, list[str]] = {"originals": [], "cells": []}
+_TRAIN_ORIGINAL, _RUN_CELL = execute.train_original, execute.run_cell
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    return get_worker().address  # raises ValueError off the workers
+
+
+def recording_train_original(*args, **kwargs):
+    RAN_ON["originals"].append(_worker_address())
+    return _TRAIN_ORIGINAL(*args, **kwargs)
+
+
+def recording_run_cell(*args, **kwargs):
+    RAN_ON["cells"].append(_worker_address())
+    return _RUN_CELL(*args, **kwargs)
+
+
+def test_cli_dask_backend_runs_originals_and_cells_on_the_workers(threads_cluster, tmp_path,
+                                                                  monkeypatch, caplog):
+    """The CLI path of ``--backend dask`` (connect, originals and cells on the workers, records,
+    render) against workers in this process. Their numbers are not compared with a serial run
+    (see the module docstring); the slow test above does that with worker processes."""
+    for calls in RAN_ON.values():
+        calls.clear()
+    monkeypatch.setattr(execute, "train_original", recording_train_original)
+    monkeypatch.setattr(execute, "run_cell", recording_run_cell)
+    caplog.set_level(logging.INFO, logger="bench")
+    write_grid(tmp_path, GRID_YAML.replace("epochs: 2", "epochs: 1"), "dasky.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--grid", "dasky.yaml", "--backend", "dask", "--scheduler",
+                     threads_cluster.scheduler_address, *outputs("dask")]) == 0
+    assert "2 workers, 2 threads" in caplog.text
+    assert f"{CELLS} cells, 0 already done, {CELLS} to run" in caplog.text
+    workers = {w.address for w in threads_cluster.workers.values()}
+    assert len(RAN_ON["originals"]) == 2 and set(RAN_ON["originals"]) <= workers
+    assert len(RAN_ON["cells"]) == CELLS and set(RAN_ON["cells"]) <= workers
+    records = [json.loads(line) for line in
+               (tmp_path / "dask" / "dasky" / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["cell"] for r in records) == sorted(
+        f"digits/smallcnn/2/{m}/{s}" for m in ("original", "finetune") for s in (0, 1))
+    assert len(summary(tmp_path / "dask")) == 2
 
 
 def closed_port() -> int:

@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.datasets as ds
-from bench.data import dataset_info, load_dataset
+from bench.data import dataset_info, idx, load_dataset
 from bench.errors import BenchInputError
 
 # ---------------------------------------------------------------- IDX helpers
@@ -50,18 +49,18 @@ def expected_normalised(pixels: np.ndarray, train: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Hide a system-wide Fashion-MNIST so tests see only their own files."""
-    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 @pytest.mark.usefixtures("no_debian")
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize(("name", "subdir", "classes"), [
-    ("mnist", "MNIST/raw", ds.MNIST_CLASSES),
-    ("mnist", "mnist", ds.MNIST_CLASSES),
-    ("mnist", "", ds.MNIST_CLASSES),
-    ("fashion-mnist", "FashionMNIST/raw", ds.FASHION_MNIST_CLASSES),
-    ("fashion-mnist", "fashion-mnist", ds.FASHION_MNIST_CLASSES),
-    ("fashion-mnist", "", ds.FASHION_MNIST_CLASSES),
+    ("mnist", "MNIST/raw", idx.MNIST_CLASSES),
+    ("mnist", "mnist", idx.MNIST_CLASSES),
+    ("mnist", "", idx.MNIST_CLASSES),
+    ("fashion-mnist", "FashionMNIST/raw", idx.FASHION_MNIST_CLASSES),
+    ("fashion-mnist", "fashion-mnist", idx.FASHION_MNIST_CLASSES),
+    ("fashion-mnist", "", idx.FASHION_MNIST_CLASSES),
 ])
 def test_idx_round_trip(tmp_path: Path, name: str, subdir: str, classes: tuple[str, ...],
                         gz: bool) -> None:
@@ -82,8 +81,8 @@ def test_idx_round_trip(tmp_path: Path, name: str, subdir: str, classes: tuple[s
 
 
 def test_fashion_class_names() -> None:
-    assert ds.FASHION_MNIST_CLASSES[0] == "T-shirt/top"
-    assert ds.FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    assert idx.FASHION_MNIST_CLASSES[0] == "T-shirt/top"
+    assert idx.FASHION_MNIST_CLASSES[9] == "Ankle boot"
     assert dataset_info("fashion-mnist").num_classes == 10
 
 
@@ -146,7 +145,7 @@ def test_missing_idx_lists_paths_tried(tmp_path: Path, name: str) -> None:
     for path in (tmp_path / sub[0] / "raw", tmp_path / sub[1], tmp_path):
         assert str(path) in message
     if name == "fashion-mnist":
-        assert str(ds.DEBIAN_FASHION_MNIST) in message
+        assert str(idx.DEBIAN_FASHION_MNIST) in message
 
 
 def test_missing_without_root_says_so() -> None:
@@ -170,7 +169,7 @@ def test_download_fetches_into_root_then_reads(tmp_path: Path,
             write_idx_set(root / "MNIST" / "raw", gz=True)
         return fetch
 
-    monkeypatch.setattr(ds, "_torchvision_fetch", fake_fetch)
+    monkeypatch.setattr(idx, "torchvision_fetch", fake_fetch)
     data = load_dataset("mnist", root=tmp_path, download=True)
     assert fetched == [("MNIST", tmp_path)] and len(data.train) == 6
     load_dataset("mnist", root=tmp_path, download=True)
@@ -183,12 +182,12 @@ def test_download_failure_is_input_error(tmp_path: Path, monkeypatch: pytest.Mon
             raise OSError("network unreachable")
         return fetch
 
-    monkeypatch.setattr(ds, "_torchvision_fetch", offline)
+    monkeypatch.setattr(idx, "torchvision_fetch", offline)
     with pytest.raises(BenchInputError, match="network unreachable"):
         load_dataset("mnist", root=tmp_path, download=True)
 
 
-@pytest.mark.skipif(not (ds.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+@pytest.mark.skipif(not (idx.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist() -> None:
     data = load_dataset("fashion-mnist", root=None)

@@ -7,9 +7,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import find_cell
+from helpers import find_cell
 
-from bench import runner
+from bench.harness import execute
+from bench.harness.cells import Cell
 from methods import (
     DATA_NEEDS,
     UnlearningMethod,
@@ -25,7 +26,7 @@ CLASS_SETS = [(2,), (2, 6)]
 
 
 def build_task(cell, cls, data, cfg):
-    return runner._build_task(cell, cls, data, cfg=cfg, curves=False, curve=[],
+    return execute._build_task(cell, cls, data, cfg=cfg, curves=False, curve=[],
                               eval_seconds=[])
 
 
@@ -171,9 +172,9 @@ def test_run_cell_gives_a_registered_spy_only_its_needs(needs, unit_grid, run_cf
                                                         clean_registry):
     spy = register_method("spy_harness")(spy_class(needs))
     base = find_cell(unit_grid, "pbu", (2, 6))
-    cell = runner.Cell(experiment=base.experiment, forget_classes=(2, 6), label="spy_harness",
+    cell = Cell(experiment=base.experiment, forget_classes=(2, 6), label="spy_harness",
                        method="spy_harness", seed=0)
-    record = runner.run_cell(cell, run_cfg, curves=False)
+    record = execute.run_cell(cell, run_cfg, curves=False)
     assert "error" not in record, record.get("traceback")
 
     (task,) = spy.seen
@@ -205,9 +206,9 @@ def test_unlearn_works_on_a_copy_of_the_original(unit_grid, run_cfg, original, c
             return model
 
     before = {k: v.clone() for k, v in original.state_dict().items()}
-    cell = runner.Cell(experiment=unit_grid.experiments[0], forget_classes=(2,),
+    cell = Cell(experiment=unit_grid.experiments[0], forget_classes=(2,),
                        label="spy_vandal", method="spy_vandal", seed=0)
-    model, _ = runner._unlearn(cell, original, digits_data, cfg=run_cfg, curves=False)
+    model, _ = execute._unlearn(cell, original, digits_data, cfg=run_cfg, curves=False)
     assert Vandal.received[0] is not original
     assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
     assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())

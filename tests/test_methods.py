@@ -1,29 +1,33 @@
 """The paper's methods unlearn on digits; PBU rejects bad inputs instead of returning garbage.
 
-Methods run through ``bench.runner.run_cell`` with the ``quick`` grid's overrides on a smallcnn
+Methods run through ``bench.harness.execute.run_cell`` with the ``quick`` grid's overrides on a smallcnn
 trained for 8 epochs (cached for the session), forgetting class 2.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import find_cell
+from helpers import PAPER_METHODS, find_cell
 
-from bench import grids, runner
 from bench.data import TensorBatches, class_indices
-from bench.store import read_records
-from methods import UnlearningTask, get_method
+from bench.harness.builtin_grids import BUILTIN_GRIDS
+from bench.harness.cells import Cell, pending_cells
+from bench.harness.config import RunConfig
+from bench.harness.execute import run_cell, run_grid
+from bench.harness.grid import Grid, MethodSpec
+from bench.harness.store import read_records
+from bench.metrics import METRIC_NAMES
+from methods import PBU, UnlearningTask, get_method
 
-PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
-METRIC_KEYS = ("acc_forget_test", "acc_retain_test", "acc_forget_train", "acc_retain_train",
-               "mia", "time_s")
+METRIC_KEYS = METRIC_NAMES
 
 
 def run_method(unit_grid, run_cfg, label: str, classes=(2,)) -> dict:
-    record = runner.run_cell(find_cell(unit_grid, label, classes), run_cfg, curves=False)
+    record = run_cell(find_cell(unit_grid, label, classes), run_cfg, curves=False)
     assert "error" not in record, record.get("traceback")
     return record
 
@@ -40,7 +44,7 @@ def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, orig
     assert record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
     assert all(math.isfinite(record[k]) for k in METRIC_KEYS)
     # The record carries the resolved hyperparameters: defaults plus the quick grid's overrides.
-    quick = grids.BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
+    quick = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
     defaults = get_method(label).default_params()
     assert record["params"] == {**defaults, **quick}
 
@@ -128,20 +132,22 @@ def test_pbu_non_finite_loss_raises_before_touching_the_model(digits_data, origi
     assert_unchanged_and_finite(model, original)
 
 
-@pytest.mark.parametrize("bad", [{"batchnorm": "frozen"}, {"fisher": "nope"}])
-def test_pbu_rejects_unknown_modes(bad, digits_data, original):
-    with pytest.raises(ValueError):
-        get_method("pbu")(**bad).unlearn(copy.deepcopy(original), forget_task(digits_data))
+@pytest.mark.parametrize("bad", [{"batchnorm": "frozen"}, {"fisher": "nope"}, {"lr": 0.0},
+                                 {"epochs": 0}, {"gamma": -1.0}])
+def test_pbu_rejects_bad_settings_when_constructed(bad):
+    (key, value), = bad.items()
+    with pytest.raises(ValueError, match=rf"^{key}={value!r}"):
+        PBU(**bad)
 
 
 def nan_pbu_cell(unit_grid):
     base = find_cell(unit_grid, "pbu")
-    return runner.Cell(experiment=base.experiment, forget_classes=(2,), label="pbu",
+    return Cell(experiment=base.experiment, forget_classes=(2,), label="pbu",
                        method="pbu", seed=0, params={**base.params, "alpha": float("nan")})
 
 
 def test_run_cell_turns_a_failure_into_an_error_record(unit_grid, run_cfg, original):
-    record = runner.run_cell(nan_pbu_cell(unit_grid), run_cfg, curves=False)
+    record = run_cell(nan_pbu_cell(unit_grid), run_cfg, curves=False)
     assert record["error"].startswith("FloatingPointError")
     assert "Traceback" in record["traceback"]
     assert record["cell"] == "digits/smallcnn/2/pbu/0"
@@ -151,18 +157,18 @@ def test_run_cell_turns_a_failure_into_an_error_record(unit_grid, run_cfg, origi
 def test_failed_cell_goes_to_errors_jsonl_and_the_grid_finishes(unit_grid, run_cfg, tmp_path,
                                                               original):
     exp = unit_grid.experiments[0]
-    bad = grids.Grid(name="failing", seeds=(0,), curves=False,
-                     methods=(grids.MethodSpec(label="pbu", method="pbu",
-                                               params={"alpha": float("nan")}),),
-                     experiments=(grids.Experiment(
-                         dataset=exp.dataset, arch=exp.arch, forget_classes=((2,),),
-                         train=exp.train, method_params={}, split_seed=exp.split_seed),))
-    cfg = runner.RunConfig(results_dir=tmp_path, cache_dir=run_cfg.cache_dir)
-    assert runner.run_grid(bad, cfg) == (2, 1)
+    # Built directly: the grid schema would reject a NaN parameter.
+    nan_params = {**exp.params["pbu"], "alpha": float("nan")}
+    bad = Grid(name="failing", seeds=(0,), curves=False,
+               methods=(MethodSpec(label="pbu", method="pbu", params={"alpha": float("nan")}),),
+               experiments=(dataclasses.replace(exp, forget_classes=((2,),),
+                                                params={"pbu": nan_params}),))
+    cfg = RunConfig(results_dir=tmp_path, cache_dir=run_cfg.cache_dir)
+    assert run_grid(bad, cfg) == (2, 1)
     runs = list(read_records(tmp_path / "failing" / "runs.jsonl"))
     errors = list(read_records(tmp_path / "failing" / "errors.jsonl"))
     assert [r["method"] for r in runs] == ["original"]
     assert [r["method"] for r in errors] == ["pbu"]
     # The failed cell is still pending: a rerun tries it again (and only it).
-    _, pending = runner.pending_cells(bad, tmp_path)
+    _, pending = pending_cells(bad, tmp_path)
     assert [c.label for c in pending] == ["pbu"]

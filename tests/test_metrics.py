@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.svm import SVC
 from torch import nn
 
 from bench.data import TensorBatches
-from bench.metrics import (
+from bench.metrics.evaluate import (
     accuracy,
     entropy_mia,
     evaluate_splits,
@@ -109,36 +111,113 @@ def test_entropy_mia_separates_confident_from_uncertain_outputs():
                        target_logits=uncertain[:50] * 1.01) == 0.0
 
 
-def test_entropy_mia_balances_subsamples_and_is_seeded():
+class SpySVC:
+    """Stands in for sklearn's SVC: records what the attack is fitted on."""
+
+    fits: ClassVar[list[tuple[np.ndarray, np.ndarray]]] = []
+
+    def __init__(self, **kwargs):
+        self.svc = SVC(**kwargs)
+
+    def fit(self, features, targets):
+        type(self).fits.append((np.array(features), np.array(targets)))
+        self.svc.fit(features, targets)
+        return self
+
+    def predict(self, features):
+        return self.svc.predict(features)
+
+
+@pytest.fixture
+def spy_svc(monkeypatch):
+    import sklearn.svm
+
+    SpySVC.fits = []
+    monkeypatch.setattr(sklearn.svm, "SVC", SpySVC)
+    return SpySVC.fits
+
+
+@pytest.mark.parametrize(("n_members", "n_nonmembers", "cap", "expected"),
+                         [(3000, 40, 2000, 40), (30, 500, 2000, 30), (300, 200, 50, 50)])
+def test_entropy_mia_fits_on_equal_subsamples_of_both_sides(spy_svc, n_members, n_nonmembers,
+                                                            cap, expected):
+    gen = torch.Generator().manual_seed(1)
+    members = torch.randn(n_members, 10, generator=gen) * 3
+    nonmembers = torch.randn(n_nonmembers, 10, generator=gen)
+    entropy_mia(member_logits=members, nonmember_logits=nonmembers,
+                target_logits=torch.randn(20, 10, generator=gen), max_per_side=cap, seed=3)
+    ((features, targets),) = spy_svc
+    assert features.shape == (2 * expected, 1)
+    assert targets.tolist() == [1.0] * expected + [0.0] * expected
+    # Each side is a subsample without replacement of its own entropies.
+    member_h, nonmember_h = softmax_entropy(members), softmax_entropy(nonmembers)
+    assert np.isin(features[:expected, 0], member_h).all()
+    assert np.isin(features[expected:, 0], nonmember_h).all()
+    assert len(set(features[:expected, 0])) == expected
+    assert len(set(features[expected:, 0])) == expected
+
+
+def test_entropy_mia_balancing_changes_the_answer():
+    """Overlapping entropy distributions, 3,000 members (logit scale 2) against 40 non-members
+    (scale 1), attacked on fresh non-member-like outputs: an SVC fitted on all 3,040 samples
+    calls every target "member" (a 75:1 prior); balanced subsamples call most of them
+    non-members."""
+    gen = torch.Generator().manual_seed(0)
+    members = 2 * torch.randn(3000, 10, generator=gen)
+    nonmembers = torch.randn(40, 10, generator=gen)
+    targets = torch.randn(200, 10, generator=gen)
+    h = lambda logits: softmax_entropy(logits)[:, None]
+    unbalanced = SVC(C=3, gamma="auto", kernel="rbf").fit(
+        np.concatenate([h(members), h(nonmembers)]),
+        np.concatenate([np.ones(3000), np.zeros(40)]))
+    assert 100.0 * unbalanced.predict(h(targets)).mean() == 100.0
+    for seed in range(3):
+        assert entropy_mia(member_logits=members, nonmember_logits=nonmembers,
+                           target_logits=targets, seed=seed) < 25.0
+
+
+def test_entropy_mia_is_seeded_and_empty_sides_give_nan(spy_svc):
     gen = torch.Generator().manual_seed(1)
     members = torch.randn(3000, 10, generator=gen) * 3
     nonmembers = torch.randn(40, 10, generator=gen)
     targets = torch.randn(100, 10, generator=gen) * 2
-    first = entropy_mia(member_logits=members, nonmember_logits=nonmembers,
-                        target_logits=targets, seed=3)
-    again = entropy_mia(member_logits=members, nonmember_logits=nonmembers,
-                        target_logits=targets, seed=3)
-    assert first == again and 0.0 <= first <= 100.0
+    kwargs = {"member_logits": members, "nonmember_logits": nonmembers, "target_logits": targets}
+    first = entropy_mia(**kwargs, seed=3)
+    again = entropy_mia(**kwargs, seed=3)
+    entropy_mia(**kwargs, seed=4)
+    assert first == again
+    (f3, _), (f3_again, _), (f4, _) = spy_svc
+    assert np.array_equal(f3, f3_again)
+    assert not np.array_equal(f3[:40], f4[:40])  # another seed, other member subsample
     assert math.isnan(entropy_mia(member_logits=members, nonmember_logits=nonmembers,
                                   target_logits=torch.empty(0, 10)))
     assert math.isnan(entropy_mia(member_logits=torch.empty(0, 10),
                                   nonmember_logits=nonmembers, target_logits=targets))
+    assert len(spy_svc) == 3  # no attack is fitted when a side is empty
 
 
-def test_evaluate_splits_reports_every_metric_for_a_known_model():
-    """A model that always predicts class 0: 100 % on class-0 subsets, 0 % elsewhere."""
-    model = nn.Linear(4, 3)
+def _two_feature_model() -> nn.Module:
+    """logits = (5 x0, 5 x1, 0): x = (2, 0) is a confident class 0, (0.1, 0) an unsure one."""
+    model = nn.Linear(2, 3)
     with torch.no_grad():
-        model.weight.zero_()
-        model.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        model.weight.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.0, 0.0]]))
+        model.bias.zero_()
+    return model
 
-    def loader(label: int, n: int = 8):
-        return TensorBatches(torch.randn(n, 4), torch.full((n,), label), batch_size=3,
-                             shuffle=False)
 
-    out = evaluate_splits(model, forget_train=loader(0), retain_train=loader(1),
-                          forget_test=loader(0), retain_test=loader(2),
-                          device=torch.device("cpu"))
-    assert out["acc_forget_train"] == 100.0 and out["acc_forget_test"] == 100.0
-    assert out["acc_retain_train"] == 0.0 and out["acc_retain_test"] == 0.0
-    assert 0.0 <= out["mia"] <= 100.0
+def _batches(point: tuple[float, float], label: int, n: int = 8) -> TensorBatches:
+    return TensorBatches(torch.tensor([point] * n), torch.full((n,), label), batch_size=3,
+                         shuffle=False)
+
+
+@pytest.mark.parametrize(("forget_point", "mia"), [((2.0, 0.0), 100.0), ((0.1, 0.0), 0.0)])
+def test_evaluate_splits_reports_every_metric_for_a_known_model(forget_point, mia):
+    """Members (retain-train) are confident, non-members (test) unsure: the forget-train samples
+    are called members exactly when the model is as confident on them. Class 0 is predicted
+    for both forget points, class 1 for every retain point."""
+    out = evaluate_splits(_two_feature_model(), forget_train=_batches(forget_point, 0),
+                          retain_train=_batches((0.0, 2.0), 1),
+                          forget_test=_batches((0.1, 0.0), 0),
+                          retain_test=_batches((0.0, 0.1), 2), device=torch.device("cpu"))
+    assert out == {"acc_forget_train": 100.0, "acc_retain_train": 100.0,
+                   "acc_forget_test": 100.0, "acc_retain_test": 0.0, "mia": mia}

@@ -1,13 +1,15 @@
-"""The throughput benchmark: which rows it times and that it reports them."""
+"""The throughput benchmark: which rows it times, and its report's arithmetic on made-up rows."""
 from __future__ import annotations
 
 import pytest
 
-from bench import perf, perf_throughput
+from perf import throughput
+from perf.__main__ import main as perf_main
+from perf.throughput import Row, report
 
 
 def test_throughput_rows_are_the_grids_distinct_dataset_architecture_pairs():
-    rows = perf_throughput.grid_rows("paper")
+    rows = throughput.grid_rows("paper")
     assert {(r.dataset, r.arch) for r in rows} == {
         ("mnist", "resnet34"), ("mnist", "densenet121"), ("mnist", "convnext_large"),
         ("cifar100", "resnet50"), ("cifar100", "densenet121"), ("cifar100", "convnext_large"),
@@ -16,25 +18,67 @@ def test_throughput_rows_are_the_grids_distinct_dataset_architecture_pairs():
     assert {r.batch for r in rows if r.dataset == "mnist"} == {48}  # the MNIST recipe's batch
 
 
-def test_throughput_reports_every_row_against_the_measured_peak(capsys):
-    assert perf.main(["throughput", "--grid", "quick", "--device", "cpu", "--steps", "1",
-                      "--warmup", "0"]) == 0
+def measured(*, suite: float, plain: float, eval_: float, flops: float) -> dict[str, float]:
+    return {"train_suite": suite, "train_plain": plain, "eval": eval_, "forward_flops": flops}
+
+
+def test_report_computes_speed_up_achieved_flops_and_fraction_of_peak():
+    results = [
+        # 1,000 img/s x 3 passes x 1 MFLOP = 3 GFLOP/s = 0.003 TFLOP/s; of 10 GFLOP/s: 30 %.
+        (Row(dataset="digits", arch="smallcnn", batch=64),
+         measured(suite=1000.0, plain=500.0, eval_=4000.0, flops=1e6)),
+        # 2,500 img/s x 3 x 4 GFLOP = 30 TFLOP/s: 300 % of the peak (a bad peak shows as such).
+        (Row(dataset="cifar100", arch="resnet50", batch=128),
+         measured(suite=2500.0, plain=3125.0, eval_=12345.6, flops=4e9)),
+    ]
+    lines = report(results, peak=1e10).splitlines()
+    assert lines[0].split() == ["dataset", "arch", "batch", "train", "img/s", "plain", "img/s",
+                                "speed-up", "eval", "img/s", "TFLOP/s", "of", "peak"]
+    assert lines[1].split() == ["digits", "smallcnn", "64", "1,000.0", "500.0", "2.00x",
+                                "4,000.0", "0.003", "30.0%"]
+    assert lines[2].split() == ["cifar100", "resnet50", "128", "2,500.0", "3,125.0", "0.80x",
+                                "12,345.6", "30.000", "300000.0%"]
+    assert lines[3] == "measured matmul peak: 0.010 TFLOP/s"
+    assert len(lines) == 4
+
+
+def test_report_fraction_comes_from_the_exact_rates_not_the_printed_ones():
+    # 0.0004 TFLOP/s prints as 0.000 and the 0.0009 TFLOP/s peak as 0.001; the fraction is
+    # 4/9 of the unrounded values, not 0 % or 40 %.
+    results = [(Row(dataset="digits", arch="smallcnn", batch=8),
+                measured(suite=400.0, plain=400.0, eval_=1.0, flops=1e6 / 3))]
+    row, peak = report(results, peak=0.9e9).splitlines()[1:]
+    assert row.split()[-2:] == ["0.000", "44.4%"]
+    assert peak == "measured matmul peak: 0.001 TFLOP/s"
+
+
+def test_report_of_no_rows_is_the_header_and_the_peak():
+    assert report([], peak=2.5e12).splitlines()[1:] == ["measured matmul peak: 2.500 TFLOP/s"]
+
+
+def test_throughput_command_reports_the_measured_rows(monkeypatch, capsys):
+    """``python -m perf throughput`` wiring, with the measurements replaced by fixed numbers."""
+    timed = []
+
+    def fake_measure(row, *, device, warmup, steps):
+        timed.append((row, str(device), warmup, steps))
+        return measured(suite=600.0, plain=300.0, eval_=900.0, flops=2e6)
+
+    monkeypatch.setattr(throughput, "matmul_peak", lambda device, **_: 3.6e10)
+    monkeypatch.setattr(throughput, "measure_row", fake_measure)
+    assert perf_main(["throughput", "--grid", "fashion", "--device", "cpu", "--archs",
+                      "smallcnn", "--steps", "2", "--warmup", "0"]) == 0
+    assert timed == [(Row(dataset="fashion-mnist", arch="smallcnn", batch=64), "cpu", 0, 2)]
     out = capsys.readouterr().out.splitlines()
-    row = next(line for line in out if line.startswith("digits"))
-    fields = row.split()
-    assert fields[1] == "smallcnn" and fields[2] == "64"
-    train, plain, eval_ = (float(fields[i].replace(",", "")) for i in (3, 4, 6))
-    assert train > 0 and plain > 0 and eval_ > 0
-    tflops, fraction = float(fields[-2]), float(fields[-1].rstrip("%")) / 100
-    assert out[-1].startswith("measured matmul peak: ")
-    peak = float(out[-1].split()[-2])
-    assert tflops > 0 and peak > 0
-    # The printed fraction is the achieved rate over the peak printed below it (both rounded).
-    assert fraction == pytest.approx(tflops / peak, rel=0.02, abs=0.002)
+    assert out[0].startswith("throughput: grid fashion, cpu, ")
+    # 600 img/s x 3 x 2 MFLOP = 3.6 GFLOP/s = 10 % of 36 GFLOP/s.
+    assert out[2].split() == ["fashion-mnist", "smallcnn", "64", "600.0", "300.0", "2.00x",
+                              "900.0", "0.004", "10.0%"]
+    assert out[-1] == "measured matmul peak: 0.036 TFLOP/s"
 
 
 def test_throughput_rejects_an_architecture_outside_the_grid(capsys):
     with pytest.raises(SystemExit) as exc:
-        perf.main(["throughput", "--grid", "quick", "--archs", "resnet50"])
+        perf_main(["throughput", "--grid", "quick", "--archs", "resnet50"])
     assert exc.value.code == 2
     assert "--archs resnet50 not in grid 'quick'; it has smallcnn" in capsys.readouterr().err

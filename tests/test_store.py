@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.cache import ModelCache, content_key
-from bench.store import append_record, read_records, repair_tail
+from bench.harness.cache import ModelCache, content_key
+from bench.harness.store import append_record, read_records, repair_tail
 
 
 def records(n: int, start: int = 0) -> list[dict]:

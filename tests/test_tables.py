@@ -6,12 +6,14 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import PAPER_METHODS
 
-from bench.aggregate import records_frame, summarize
-from bench.metrics import METRICS
-from bench.tables import latex_table, markdown_table
+from bench.metrics import METRIC_NAMES
+from bench.report.aggregate import records_frame, summarize
+from bench.report.tables import latex_table, markdown_table
 
-PAPER_METHODS = ["original", "retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
+# Table columns: the original model, then the paper's methods.
+PAPER_COLUMNS = ["original", *PAPER_METHODS]
 PAPER_HEADERS = ["Initial", "Re-training", "Fine-tuning", "Fast-Effective", "Bad Teaching", "PBU"]
 DATASETS = {"digits": "Digits", "mnist": "MNIST"}
 ARCHS = {"smallcnn": "SmallCNN", "resnet18": "ResNet-18"}
@@ -19,7 +21,7 @@ CLASSES = ["2", "6", "8"]
 
 
 def record(dataset, arch, classes, method, seed, *, forget, retain):
-    values = dict.fromkeys(METRICS, 1.0)
+    values = dict.fromkeys(METRIC_NAMES, 1.0)
     values.update(acc_forget_test=forget, acc_retain_test=retain)
     return {"cell": f"{dataset}/{arch}/{classes}/{method}/{seed}", "dataset": dataset,
             "arch": arch, "forget_classes": classes, "method": method, "seed": seed, **values}
@@ -30,7 +32,7 @@ def expected_pair(method_index: int, classes: str) -> tuple[float, float]:
     return 10.0 * method_index + int(classes) + 0.5, 90.0 - method_index + 0.5
 
 
-def paper_summary(methods=PAPER_METHODS, seeds=(0, 1)):
+def paper_summary(methods=PAPER_COLUMNS, seeds=(0, 1)):
     """2 datasets x 2 archs x 3 classes x methods; seeds differ by exactly 1 (std 0.71)."""
     records = []
     for dataset in DATASETS:
@@ -74,7 +76,7 @@ def test_latex_booktabs_structure_and_column_spec():
 
 
 def test_latex_header_has_a_column_pair_per_method_in_paper_order():
-    tex = latex_table(paper_summary(methods=list(reversed(PAPER_METHODS))))
+    tex = latex_table(paper_summary(methods=list(reversed(PAPER_COLUMNS))))
     header = next(line for line in tex.splitlines() if line.startswith("Dataset &"))
     assert re.findall(r"\\multicolumn\{2\}\{c\}\{([^}]*)\}", header) == PAPER_HEADERS
     sub = next(line for line in tex.splitlines() if "A_{D_f}" in line)
