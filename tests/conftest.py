@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory) -> FinishedRun:
 def digits_data():
     from bench.harness.execute import cached_dataset
 
-    return cached_dataset("digits", None, False, 0)
+    return cached_dataset("digits", None, False, 0)[0]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def original(unit_grid, run_cfg) -> torch.nn.Module:
     """The unit grid's original smallcnn (trained once, then read from the cache)."""
     from bench.harness.execute import ensure_original
 
-    model, _ = ensure_original(unit_grid.experiments[0], 0, run_cfg)
+    model, _ = ensure_original(find_cell(unit_grid, "original"), run_cfg)
     return model
 
 

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from helpers import PAPER_METHODS
 
+from bench.harness.cells import grid_cells
+from bench.harness.grid import Grid, parse_grid
 from bench.harness.store import append_record
 from bench.metrics import METRIC_NAMES
 from bench.report.aggregate import method_order, records_frame, summarize
@@ -124,15 +126,26 @@ def test_method_order_is_the_papers_then_the_rest_alphabetically():
     assert list(summary["method"]) == expected
 
 
+def _render_grid() -> Grid:
+    return parse_grid({"name": "g", "seeds": [0, 1], "methods": ["pbu"],
+                       "experiments": [{"dataset": "digits", "arch": "smallcnn",
+                                        "forget_classes": [[2], [2, 6]]}]})
+
+
+def _current_record(cell) -> dict:
+    """A stored record that the grid's cell accepts as current (no data fingerprint known)."""
+    return {**record(cell.label, cell.seed, classes=cell.classes_text),
+            "config_hash": cell.config_hash, "code_version": cell.code_version,
+            "git_commit": "abc"}
+
+
 def test_render_writes_the_summary_csv_tables_and_figures(tmp_path):
     results, plots = tmp_path / "results", tmp_path / "plots"
     (results / "g").mkdir(parents=True)
-    for classes in ("2", "2+6"):
-        for seed in (0, 1):
-            for method in ("pbu", "original"):
-                append_record(results / "g" / "runs.jsonl",
-                              record(method, seed, classes=classes))
-    written = render("g", results_dir=results, plots_dir=plots)
+    grid = _render_grid()
+    for cell in grid_cells(grid):
+        append_record(results / "g" / "runs.jsonl", _current_record(cell))
+    written = render(grid, results_dir=results, plots_dir=plots)
     names = {p.name for p in written}
     assert {"summary.csv", "table.md", "table.tex"} <= names
     assert {"accuracy.png", "accuracy.pdf", "time.png", "time.pdf"} <= names
@@ -148,6 +161,23 @@ def test_render_writes_the_summary_csv_tables_and_figures(tmp_path):
     assert not list((results / "g").glob(".*.tmp"))
 
 
+def test_render_leaves_out_stale_records(tmp_path):
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    (results / "g").mkdir(parents=True)
+    grid = _render_grid()
+    for cell in grid_cells(grid):
+        current = _current_record(cell)
+        append_record(results / "g" / "runs.jsonl", current)
+        # The same cell made by other code: never averaged in, whatever its order.
+        append_record(results / "g" / "runs.jsonl",
+                      {**current, "config_hash": "other", "acc_forget_test": 1e6})
+    render(grid, results_dir=results, plots_dir=plots)
+    summary = pd.read_csv(results / "g" / "summary.csv")
+    assert summary["acc_forget_test_mean"].max() < 1e3
+    assert set(summary["n_seeds"]) == {2}
+
+
 def test_render_without_records_writes_nothing(tmp_path):
-    assert render("empty", results_dir=tmp_path / "r", plots_dir=tmp_path / "p") == []
+    grid = _render_grid()
+    assert render(grid, results_dir=tmp_path / "r", plots_dir=tmp_path / "p") == []
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()

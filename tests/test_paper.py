@@ -125,9 +125,9 @@ def test_subsampling_is_part_of_the_cache_keys():
     base = parse_grid({**raw, "experiments": [{**raw["experiments"][0]}]})
     capped = parse_grid({**raw, "experiments": [{**raw["experiments"][0],
                                                  "train_per_class": 50}]})
-    assert original_key(base.experiments[0], 0) != original_key(capped.experiments[0], 0)
     cell = grid_cells(base)[1]
     capped_cell = grid_cells(capped)[1]
+    assert original_key(cell) != original_key(capped_cell)
     assert cell.key == capped_cell.key and cell.config_hash != capped_cell.config_hash
 
 
@@ -205,7 +205,7 @@ def test_a_grid_with_pretrained_weights_trains_from_them(tmp_path, monkeypatch):
                             "test_per_class": 2, "train": {"epochs": 1, "lr": 1e-9}}]}
     grid = parse_grid(raw)
     cfg = RunConfig(results_dir=tmp_path / "r", cache_dir=tmp_path / "c")
-    model, _ = ensure_original(grid.experiments[0], 0, cfg)
+    model, _ = ensure_original(grid_cells(grid)[0], cfg)
     # lr 1e-9: the trained weights are still (almost exactly) the ImageNet ones.
     assert torch.allclose(model.state_dict()["layer4.1.conv2.weight"],
                           state["layer4.1.conv2.weight"], atol=1e-6)

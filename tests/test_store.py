@@ -13,7 +13,7 @@ from bench.harness.store import append_record, read_records, repair_tail
 
 
 def records(n: int, start: int = 0) -> list[dict]:
-    return [{"cell": f"digits/smallcnn/2/m{i}/0", "acc_forget_test": i * 1.5,
+    return [{"cell": f"digits/smallcnn/2/m{i}/0", "config_hash": "h", "acc_forget_test": i * 1.5,
              "nested": {"params": [i, "x"]}} for i in range(start, start + n)]
 
 
@@ -32,7 +32,7 @@ def test_append_then_read_round_trip(tmp_path):
 
 def test_nan_survives_the_round_trip(tmp_path):
     path = tmp_path / "runs.jsonl"
-    append_record(path, {"cell": "c", "mia": float("nan")})
+    append_record(path, {"cell": "c", "config_hash": "h", "mia": float("nan")})
     (back,) = read_records(path)
     assert math.isnan(back["mia"])
 
@@ -69,16 +69,26 @@ def test_half_written_last_line_is_ignored_and_repaired(tmp_path):
     assert list(read_records(path)) == complete + more
 
 
-def test_torn_tail_that_happens_to_be_valid_json_is_still_ignored(tmp_path):
-    # '{"a": 1}' is valid JSON, but without its newline the writer never finished the record.
+def test_a_complete_record_lacking_only_its_newline_is_kept(tmp_path):
+    # A record is written in one write with its newline; a complete record without it is
+    # complete data (the newline was lost, say, by an editor), not a torn write.
     path = tmp_path / "runs.jsonl"
-    append_record(path, {"cell": "done"})
+    append_record(path, {"cell": "done", "config_hash": "h"})
+    with path.open("ab") as f:
+        f.write(b'{"cell": "kept", "config_hash": "h"}')
+    assert [r["cell"] for r in read_records(path)] == ["done"]  # not read until repaired
+    repair_tail(path)
+    append_record(path, {"cell": "next", "config_hash": "h"})
+    assert [r["cell"] for r in read_records(path)] == ["done", "kept", "next"]
+
+
+def test_a_torn_tail_that_is_valid_json_but_not_a_record_is_dropped(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    append_record(path, {"cell": "done", "config_hash": "h"})
     with path.open("ab") as f:
         f.write(b'{"cell": "torn"}')
-    assert [r["cell"] for r in read_records(path)] == ["done"]
     repair_tail(path)
-    append_record(path, {"cell": "next"})
-    assert [r["cell"] for r in read_records(path)] == ["done", "next"]
+    assert [r["cell"] for r in read_records(path)] == ["done"]
 
 
 def test_repair_of_a_file_holding_only_a_partial_line_empties_it(tmp_path):
@@ -100,10 +110,10 @@ def test_repair_leaves_an_intact_file_alone(tmp_path):
 
 def test_corrupt_complete_line_is_skipped_not_fatal(tmp_path):
     path = tmp_path / "runs.jsonl"
-    append_record(path, {"cell": "a"})
+    append_record(path, {"cell": "a", "config_hash": "h"})
     with path.open("ab") as f:
         f.write(b"not json at all\n")
-    append_record(path, {"cell": "b"})
+    append_record(path, {"cell": "b", "config_hash": "h"})
     assert [r["cell"] for r in read_records(path)] == ["a", "b"]
 
 

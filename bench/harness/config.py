@@ -13,7 +13,7 @@ class RunConfig:
     download: bool = False
     device: str = "cpu"
     jobs: int = 1
-    threads: int = 0               # torch threads per worker; 0 = leave torch's setting
+    threads: int = 1               # torch threads per cell; part of every key
     plugins: tuple[str, ...] = ()  # re-imported in worker processes
     git_commit: str = "unknown"
     backend: str = "loky"          # "loky" (worker processes here) or "dask"

@@ -8,6 +8,7 @@ error record for the cell it was running, and the grid goes on.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -83,15 +84,19 @@ def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
             for i, e in enumerate(grid.experiments)}
 
 
-def _cell_data(cell: Cell, cfg: RunConfig) -> ImageData:
+def with_data(cell: Cell, cfg: RunConfig) -> tuple[Cell, ImageData]:
+    """(the cell with its data's fingerprint filled in if it was unknown, its data)."""
     exp = cell.experiment
     data, fingerprint = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed,
                                        exp.train_per_class, exp.test_per_class)
+    if cell.context.data_fingerprint is None:
+        cell = dataclasses.replace(cell, context=dataclasses.replace(
+            cell.context, data_fingerprint=fingerprint))
     if fingerprint != cell.context.data_fingerprint:
         raise RuntimeError(f"the data of {exp.dataset!r} changed while the grid ran "
                            f"(fingerprint {fingerprint}, expected "
                            f"{cell.context.data_fingerprint})")
-    return data
+    return cell, data
 
 
 def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
@@ -108,8 +113,8 @@ def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
 
 def ensure_original(cell: Cell, cfg: RunConfig) -> tuple[torch.nn.Module, dict]:
     """The cell's original model from the cache, or trained on all training data and stored."""
+    cell, data = with_data(cell, cfg)
     exp, seed = cell.experiment, cell.seed
-    data = _cell_data(cell, cfg)
     cache, key = ModelCache(cfg.cache_dir), original_key(cell)
     model = _model_factory(exp, data, cfg, initialised=False)()
     meta = cache.load(key, model)
@@ -134,8 +139,7 @@ def _prepare_worker(cfg: RunConfig) -> None:
     Ctrl-C is the parent's to handle: a worker that took it would print its own traceback."""
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     configure_backends(cfg.device)
     load_plugins(cfg.plugins, use_entry_points=False)
 
@@ -250,8 +254,8 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
         marker = markers / hashlib.sha1(cell.key.encode()).hexdigest()
         marker.write_text(cell.key)
     try:
+        cell, data = with_data(cell, cfg)
         base = _record_base(cell, cfg)
-        data = _cell_data(cell, cfg)
         original, meta = ensure_original(cell, cfg)
         if cell.method == "original":
             model, fields = original, {"time_s": meta["train_s"], "timings": {}, "curve": []}
@@ -294,6 +298,20 @@ def _run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
     """Run ``cells``; when a worker dies, the cells that were running are rerun one at a time
     in a fresh worker, and the one that dies again becomes an error record."""
     markers = _markers_dir(cfg, grid)
+    try:
+        _run_with_markers(cells, cfg, grid=grid, on_record=on_record, markers=markers)
+    finally:
+        for marker in markers.iterdir():
+            marker.unlink(missing_ok=True)
+        for folder in (markers, markers.parent):
+            try:
+                folder.rmdir()
+            except OSError:  # another grid's run is using it
+                pass
+
+
+def _run_with_markers(cells: list[Cell], cfg: RunConfig, *, grid: Grid, markers: Path,
+                      on_record: Callable[[dict[str, Any]], None]) -> None:
     remaining = {c.key: c for c in cells}
     work = functools.partial(run_cell, curves=grid.curves, markers=markers)
     while remaining:

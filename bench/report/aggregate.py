@@ -12,7 +12,7 @@ from bench.models import ARCHITECTURES
 from methods import METHODS
 
 KEYS = ["dataset", "arch", "forget_classes", "method"]
-# Which code made a record: summary.csv lists them per row, the tables in a note.
+# Which code made a record (the tables' note lists them; summary.csv keeps its contract).
 PROVENANCE = ["code_version", "git_commit"]
 PAPER_ORDER = ["original", "retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
 
@@ -41,9 +41,6 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     stats = grouped.agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats.insert(0, "n_seeds", frame.groupby(KEYS, sort=False)["seed"].nunique())
-    for column in PROVENANCE:
-        stats[column] = frame.groupby(KEYS, sort=False)[column].agg(
-            lambda values: " ".join(sorted({str(v) for v in values})))
     summary = stats.reset_index()
     order = {m: i for i, m in enumerate(method_order(summary["method"]))}
     summary = summary.assign(

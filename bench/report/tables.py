@@ -48,10 +48,14 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def provenance_note(frame: pd.DataFrame) -> str:
-    """One line saying which commits made the records (per-method code versions: summary.csv)."""
+    """One line saying which code made the records: the commits, and each method's code
+    version (a hash of its source, see README "Trusting the numbers")."""
     commits = sorted({str(c) for c in frame["git_commit"]})
-    return (f"Records from {len(frame)} cells, made by commit(s) {', '.join(commits)}; each "
-            "method's code version is in summary.csv.")
+    versions = frame.groupby("method", sort=False)["code_version"].agg(
+        lambda values: "/".join(sorted({str(v) for v in values})))
+    listed = ", ".join(f"{method} {versions[method]}" for method in method_order(versions.index))
+    return (f"Records of {len(frame)} cells, made by commit(s) {', '.join(commits)}; "
+            f"code versions: {listed}.")
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#",
