@@ -134,9 +134,7 @@ def test_subsampling_is_part_of_the_cache_keys():
 @pytest.mark.parametrize(("value", "message"), [
     (0, "greater than 0"), (-3, "greater than 0"), ("many", "valid integer"),
     (2.5, "fractional part"),
-    pytest.param(True, "valid integer", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: the grid schema (bench/harness/grid.py, _Strict: "
-        "strict=False) coerces a YAML boolean to the integer 1")),
+    (True, "not a boolean"),
 ])
 def test_bad_subsample_cap_is_a_clear_error(value, message):
     raw = BUILTIN_GRIDS["quick"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -18,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -31,7 +34,7 @@ from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
 from bench.harness.yaml_file import read_yaml
 from bench.models import check_arch, check_pretrained
-from methods import RegistryError, get_method
+from methods import RegistryError, get_method, list_methods
 from methods.training import TrainRecipe
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
@@ -60,8 +63,17 @@ def _name(value: str) -> str:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true/yes: never a count, a seed or a rate
+        raise ValueError("expected a number, not a boolean")  # noqa: TRY004 - pydantic wants it
+    return value
+
+
+NoBool = BeforeValidator(_not_bool)
 Name = Annotated[str, AfterValidator(_name)]
-ForgetSet = Annotated[NonNegativeInt | list[NonNegativeInt], AfterValidator(_forget_set)]
+Index = Annotated[NonNegativeInt, NoBool]
+Count = Annotated[PositiveInt, NoBool]
+ForgetSet = Annotated[Index | list[Index], AfterValidator(_forget_set)]
 
 
 class _Strict(BaseModel):
@@ -78,23 +90,23 @@ class ExperimentSchema(_Strict):
     dataset: str
     arch: str
     forget_classes: Annotated[list[ForgetSet], Field(min_length=1), AfterValidator(_unique)]
-    train: TrainRecipe = Field(default_factory=TrainRecipe)
+    train: dict[str, Any] = Field(default_factory=dict)   # TrainRecipe's fields
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    split_seed: NonNegativeInt = 0
+    split_seed: Index = 0
     # Stratified caps on each split, drawn by split_seed, to size a grid for small machines.
-    train_per_class: PositiveInt | None = None
-    test_per_class: PositiveInt | None = None
+    train_per_class: Count | None = None
+    test_per_class: Count | None = None
     pretrained: Literal["imagenet"] | None = None   # start from torchvision's weights
 
 
 class GridSchema(_Strict):
     name: Name
-    seeds: PositiveInt | Annotated[list[NonNegativeInt], Field(min_length=1),
-                                   AfterValidator(_unique)] = Field(default_factory=lambda: [0])
+    seeds: Count | Annotated[list[Index], Field(min_length=1),
+                             AfterValidator(_unique)] = Field(default_factory=lambda: [0])
     methods: Annotated[list[Name | MethodEntry], Field(min_length=1)] = Field(
         default_factory=lambda: list(PAPER_METHODS))
     experiments: Annotated[list[ExperimentSchema], Field(min_length=1)]
-    curves: bool = False
+    curves: Annotated[bool, Field(strict=True)] = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,31 +188,46 @@ def _invalid(where: str, path: str, value: Any, message: str) -> BenchInputError
     return BenchInputError(f"{where}: {path} = {_short(value)}: {message}")
 
 
+def _strict_numbers(hint: Any) -> Any:
+    """``hint`` with booleans refused where it asks for an int or a float."""
+    if hint is bool:
+        return Annotated[bool, Field(strict=True)]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    parts = typing.get_args(hint) if union else (hint,)
+    return Annotated[hint, NoBool] if int in parts or float in parts else hint
+
+
 @functools.cache
 def _params_schema(cls: type) -> type[BaseModel]:
-    """A strict model of the method's hyperparameters, from its constructor's signature and
-    type hints (a dataclass's fields, or a plugin's own ``__init__``)."""
+    """A strict model of a class's keyword parameters, from its constructor's signature and
+    type hints (a method's dataclass fields, a plugin's own ``__init__``, ``TrainRecipe``)."""
     try:
         hints = typing.get_type_hints(cls if dataclasses.is_dataclass(cls) else cls.__init__)
     except Exception:  # noqa: BLE001 - unresolvable hints: accept any value of that name
         hints = {}
-    fields: dict[str, Any] = {name: (hints.get(name, Any), default)
-                              for name, default in cls.default_params().items()}
+    fields: dict[str, Any] = {
+        name: (_strict_numbers(hints.get(name, Any)), p.default)
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.default is not inspect.Parameter.empty}
     return create_model(f"{cls.__name__}Params", __config__=_Strict.model_config, **fields)
 
 
-def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dict[str, Any]:
-    """Validate overrides against the method's declared parameters and construct the method
-    once (its own checks run there); returns the full parameters."""
-    cls = get_method(method)
+def _construct(cls: type, overrides: Any, *, where: str, path: str) -> Any:
+    """Validate ``overrides`` against ``cls``'s declared parameters, then construct it (its
+    own checks run there); every problem is one ``BenchInputError``."""
     try:
         values = _params_schema(cls).model_validate(overrides)
     except ValidationError as exc:
         raise _validation_error(exc, where, path) from None
     try:
-        return cls(**dict(values)).params()
+        return cls(**dict(values))
     except (TypeError, ValueError) as exc:
         raise _invalid(where, path, overrides, str(exc)) from None
+
+
+def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dict[str, Any]:
+    """The method's full parameters, ``overrides`` validated over its defaults."""
+    return _construct(get_method(method), overrides, where=where, path=path).params()
 
 
 def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ...], *,
@@ -224,7 +251,7 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
     for label, overrides in raw.method_params.items():
         if label in labels:
             continue
-        if label not in _known_methods():
+        if label not in list_methods():
             raise _invalid(where, f"{path}.method_params", label,
                            f"not a method of this grid; methods: {', '.join(sorted(labels))}")
         # Settings for a registered method the grid does not run (``--methods`` may add it).
@@ -234,16 +261,11 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
                                       {**m.params, **raw.method_params.get(m.label, {})},
                                       where=where, path=f"{path}.method_params.{m.label}")
               for m in methods}
+    train = _construct(TrainRecipe, raw.train, where=where, path=f"{path}.train")
     return Experiment(dataset=info.name, arch=raw.arch, forget_classes=tuple(raw.forget_classes),
-                      train=raw.train, params=params, split_seed=raw.split_seed,
+                      train=train, params=params, split_seed=raw.split_seed,
                       train_per_class=raw.train_per_class, test_per_class=raw.test_per_class,
                       pretrained=raw.pretrained)
-
-
-def _known_methods() -> set[str]:
-    from methods import list_methods
-
-    return set(list_methods())
 
 
 def _method_spec(entry: str | MethodEntry, index: int, *, where: str) -> MethodSpec:
@@ -303,6 +325,13 @@ def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int
         by_label = {(e if isinstance(e, str) else e.get("name")): e for e in entries
                     if isinstance(e, (str, dict))}
         raw["methods"] = [by_label.get(m, m) for m in methods]
+        # Settings of the labels left out go with them (a registered method's stay: it may
+        # be added back by name).
+        dropped = set(by_label) - set(methods) - set(list_methods())
+        for exp in raw.get("experiments") or []:
+            if isinstance(exp, dict) and isinstance(exp.get("method_params"), dict):
+                exp["method_params"] = {k: v for k, v in exp["method_params"].items()
+                                        if k not in dropped}
     if seeds is not None:
         raw["seeds"] = seeds
     if classes is not None and isinstance(raw.get("experiments"), list):
