@@ -89,9 +89,7 @@ def test_narrowing_keeps_a_labelled_entry_and_adds_a_method_outside_the_grid():
     assert [m.label for m in grid.methods] == ["pbu_mc", "finetune"]
     assert grid.experiments[0].params["pbu_mc"] == {**PBU.default_params(), "fisher": "mc",
                                                     "lr": 3e-5}
-    # finetune is not in the ablation's list, but its experiment settings (lr 3e-3) apply
-    # when --methods adds it back; the dropped labels' settings go with them.
-    assert grid.experiments[0].params["finetune"] == {**FineTune.default_params(), "lr": 3e-3}
+    assert grid.experiments[0].params["finetune"] == FineTune.default_params()
 
 
 def test_methods_flag_can_narrow_a_grid_with_labelled_entries():
