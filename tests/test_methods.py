@@ -172,3 +172,18 @@ def test_failed_cell_goes_to_errors_jsonl_and_the_grid_finishes(unit_grid, run_c
     # The failed cell is still pending: a rerun tries it again (and only it).
     _, pending = pending_cells(bad, tmp_path)
     assert [c.label for c in pending] == ["pbu"]
+
+
+def test_a_collapse_is_a_warning_in_the_record(unit_grid, run_cfg, original):
+    """PBU with its learning rate forced far too high and no stopping rule drives every sample
+    to one class; the record says so, from the forget samples alone."""
+    base = find_cell(unit_grid, "pbu")
+    cell = Cell(experiment=base.experiment, forget_classes=(2,), label="pbu_lr_high",
+                method="pbu", seed=0,
+                params={**base.params, "lr": 0.01, "stop_forget_acc": None, "epochs": 10})
+    record = run_cell(cell, run_cfg, curves=False)
+    assert "error" not in record, record.get("traceback")
+    assert record["acc_retain_test"] < 30  # it did collapse
+    assert any(w.startswith("collapse:") for w in record["warnings"]), record["warnings"]
+    healthy = run_cell(find_cell(unit_grid, "pbu"), run_cfg, curves=False)
+    assert healthy["warnings"] == []

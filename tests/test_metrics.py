@@ -14,6 +14,7 @@ from torch import nn
 from bench.data import TensorBatches
 from bench.metrics.evaluate import (
     accuracy,
+    collapse_warnings,
     entropy_mia,
     evaluate_splits,
     predict_logits,
@@ -220,4 +221,21 @@ def test_evaluate_splits_reports_every_metric_for_a_known_model(forget_point, mi
                           forget_test=_batches((0.1, 0.0), 0),
                           retain_test=_batches((0.0, 0.1), 2), device=torch.device("cpu"))
     assert out == {"acc_forget_train": 100.0, "acc_retain_train": 100.0,
-                   "acc_forget_test": 100.0, "acc_retain_test": 0.0, "mia": mia}
+                   "acc_forget_test": 100.0, "acc_retain_test": 0.0, "mia": mia,
+                   "warnings": []}
+
+
+def test_collapse_onto_another_class_is_a_warning_and_the_forget_class_itself_is_not():
+    labels = torch.full((20,), 2)
+    onto_7 = torch.zeros(20, 10)
+    onto_7[:, 7] = 5.0
+    (warning,) = collapse_warnings(onto_7, labels)
+    assert warning.startswith("collapse: 100 % of the forget samples are predicted as class 7")
+    kept = torch.zeros(20, 10)
+    kept[:, 2] = 5.0            # the original model: it still predicts the forget class
+    assert collapse_warnings(kept, labels) == []
+    spread = torch.zeros(20, 10)
+    spread[:10, 3], spread[10:, 5] = 5.0, 5.0   # forgotten onto two neighbours: fine
+    assert collapse_warnings(spread, labels) == []
+    assert collapse_warnings(torch.full((20, 10), float("nan")), labels) == [
+        "non-finite outputs on the forget samples"]

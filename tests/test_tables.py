@@ -185,3 +185,22 @@ def test_markdown_header_and_rows():
     assert first[:3] == ["Digits", first[1], "Class-2"] and first[1] in ARCHS.values()
     forget, retain = expected_pair(0, "2")
     assert first[3:5] == [f"{forget:.2f} ± 0.71", f"{retain:.2f} ± 0.71"]
+
+
+def test_a_cell_with_a_warning_is_marked_in_both_tables():
+    from bench.report.aggregate import flagged
+    from bench.report.tables import WARNING_MARK, warning_note
+
+    recs = [{**rec, "warnings": ["collapse: ..."] if rec["method"] == "pbu" else []}
+            for rec in (record("digits", "smallcnn", "2", m, 0, forget=0.0, retain=90.0)
+                        for m in ("pbu", "retrain"))]
+    frame = records_frame(recs)
+    flags = flagged(frame)
+    assert flags == {("digits", "smallcnn", "2", "pbu")}
+    summary = summarize(frame)
+    md = markdown_table(summary, flags)
+    pbu_cells = [c for c in md.splitlines()[2].split("|") if WARNING_MARK in c]
+    assert len(pbu_cells) == 2  # A_Df and A_Dr of pbu, not retrain's
+    assert r"$^\dagger$" in latex_table(summary, flags)
+    assert warning_note(flags).startswith(WARNING_MARK)
+    assert WARNING_MARK not in markdown_table(summary)

@@ -18,11 +18,19 @@ PAPER_ORDER = ["original", "retrain", "finetune", "fast_effective", "bad_teachin
 
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per cell; a cell recomputed under a new configuration keeps its latest record."""
-    columns = [*KEYS, "seed", "cell", *PROVENANCE, *METRIC_NAMES]
-    rows = [{k: r.get(k) for k in columns} for r in records if "error" not in r]
+    columns = [*KEYS, "seed", "cell", *PROVENANCE, "warnings", *METRIC_NAMES]
+    rows = [{**{k: r.get(k) for k in columns}, "warnings": len(r.get("warnings") or [])}
+            for r in records if "error" not in r]
     frame = pd.DataFrame(rows, columns=columns)
     frame["forget_classes"] = frame["forget_classes"].astype(str)
     return frame.drop_duplicates("cell", keep="last").reset_index(drop=True)
+
+
+def flagged(frame: pd.DataFrame) -> set[tuple[str, ...]]:
+    """(dataset, arch, forget_classes, method) groups in which some record carries a warning
+    (a collapse, say): the tables mark them instead of hiding them in a mean."""
+    hit = frame[frame["warnings"] > 0]
+    return {tuple(str(v) for v in row) for row in hit[KEYS].itertuples(index=False)}
 
 
 def method_order(methods: Iterable[str]) -> list[str]:

@@ -11,9 +11,14 @@ from pathlib import Path
 from bench.harness.cells import Context, current_records
 from bench.harness.grid import Grid
 from bench.harness.store import read_records, write_atomic
-from bench.report.aggregate import records_frame, summarize
+from bench.report.aggregate import flagged, records_frame, summarize
 from bench.report.figures import render_figures
-from bench.report.tables import latex_table, markdown_table, provenance_note
+from bench.report.tables import (
+    latex_table,
+    markdown_table,
+    provenance_note,
+    warning_note,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +39,13 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
         return []
     summary = summarize(frame)
     written = []
-    note = provenance_note(frame)
+    flags = flagged(frame)
+    notes = [n for n in (warning_note(flags), provenance_note(frame)) if n]
     for name, text in (("summary.csv", summary.to_csv(index=False, float_format="%.4f")),
-                       ("table.md", markdown_table(summary) + "\n" + note + "\n"),
-                       ("table.tex", latex_table(summary) + f"% {note}\n")):
+                       ("table.md", markdown_table(summary, flags) + "\n"
+                        + "\n\n".join(notes) + "\n"),
+                       ("table.tex", latex_table(summary, flags)
+                        + "".join(f"% {n}\n" for n in notes))):
         write_atomic(out / name, text)
         written.append(out / name)
     written += render_figures(frame, records, plots_dir / grid.name)

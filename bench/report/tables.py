@@ -25,24 +25,40 @@ def _rows(summary: pd.DataFrame):
         yield dataset, arch, classes, {r["method"]: r for _, r in block.iterrows()}
 
 
-def _values(by_method: dict, methods: list[str], *, latex: bool) -> list[str]:
+WARNING_MARK = "†"
+
+
+def _values(by_method: dict, methods: list[str], *, latex: bool, marked: set[str]) -> list[str]:
     out = []
     for method in methods:
         row = by_method.get(method)
+        mark = (r"$^\dagger$" if latex else WARNING_MARK) if method in marked else ""
         for name in PAPER_PAIR:
             out.append("--" if row is None else
-                       _cell(row[f"{name}_mean"], row[f"{name}_std"], latex=latex))
+                       _cell(row[f"{name}_mean"], row[f"{name}_std"], latex=latex) + mark)
     return out
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
+def warning_note(flags: set[tuple[str, ...]]) -> str:
+    if not flags:
+        return ""
+    return (f"{WARNING_MARK} some of the cell's records carry a warning (a collapse onto one "
+            "class, non-finite outputs): see `warnings` in runs.jsonl.")
+
+
+def _marked(flags: set[tuple[str, ...]], dataset: str, arch: str, classes: str) -> set[str]:
+    return {f[3] for f in flags if f[:3] == (str(dataset), str(arch), str(classes))}
+
+
+def markdown_table(summary: pd.DataFrame, flags: set[tuple[str, ...]] = frozenset()) -> str:
     methods = method_order(summary["method"])
     head = ["Dataset", "Model", "Classes"] + [
         f"{label('method', m)} {metric(name).label}" for m in methods for name in PAPER_PAIR]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for dataset, arch, classes, by_method in _rows(summary):
         cells = [label("dataset", dataset), label("arch", arch), f"Class-{classes}",
-                 *_values(by_method, methods, latex=False)]
+                 *_values(by_method, methods, latex=False,
+                          marked=_marked(flags, dataset, arch, classes))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -66,7 +82,7 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def latex_table(summary: pd.DataFrame) -> str:
+def latex_table(summary: pd.DataFrame, flags: set[tuple[str, ...]] = frozenset()) -> str:
     """A booktabs ``tabular`` (needs \\usepackage{booktabs,multirow}) laid out like the paper."""
     methods = method_order(summary["method"])
     ncols = 3 + 2 * len(methods)
@@ -98,7 +114,8 @@ def latex_table(summary: pd.DataFrame) -> str:
         arch_text = (rf"\multirow{{{span[(dataset, arch)]}}}{{*}}{{{arch_name}}}"
                      if first_of_arch else "")
         cells = [dataset_text, arch_text, f"Class-{classes}",
-                 *_values(by_method, methods, latex=True)]
+                 *_values(by_method, methods, latex=True,
+                          marked=_marked(flags, dataset, arch, classes))]
         lines.append(" & ".join(cells) + r" \\")
         previous = (dataset, arch)
     lines += [r"\bottomrule", r"\end{tabular}"]
