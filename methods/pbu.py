@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -55,15 +54,30 @@ class PBU(UnlearningMethod):
         alpha: weight of the forget log-likelihood, 721 (official code, MNIST).
         beta: weight of the Fisher-weighted penalty, 100 (official code); 0 is an ablation.
         gamma: weight of the plain L2 penalty, 4001 (official code); 0 is an ablation.
-        lr: Adam learning rate, 1e-4 (official code).
+        lr: Adam learning rate, 3e-5 (ours; official 1e-4). Under Adam every parameter moves
+            by about ``lr`` per step whatever the loss scale, and forgetting takes a roughly
+            fixed displacement, so ``lr`` sets how finely the stopping rule can act: on
+            Fashion-MNIST (800 a class, SmallCNN, class 2) forget-test accuracy falls from 78 %
+            to under 1 % in 3 steps at 1e-4 and in 10 at 3e-5.
         epochs: 50, only a safety cap for the stopping rule (ours).
-        stop_forget_acc: stop as soon as the forget-train accuracy over the last pass through
-            the forget set (the predictions of the optimisation steps themselves) is at or below
-            this percentage, 0 (ours; forget data only). ``None`` runs all ``epochs``.
+        stop_forget_acc: stop, before stepping, as soon as the forget batch about to be used is
+            classified right at or below this percentage, 0 (ours; forget data only). ``None``
+            runs all ``epochs`` (the official code).
         batchnorm: "eval" (ours: BatchNorm uses and keeps the original running statistics,
             which forget-only batches would drag towards one class) or "train" (official).
         fisher: "exact" (expectation over the model's predictive distribution), "mc" or
             "empirical" (see ``methods.fisher``).
+
+    Why the stopping rule is per step (measured with held-out retain accuracy, for the
+    diagnosis only, on Fashion-MNIST, 800 images a class, SmallCNN, class 2; retraining keeps
+    87.6 % A_Dr): the gradient of log p_y is (1 - p_y), so forgotten samples keep pushing and
+    the ascent never saturates; A_Dr falls 5-7 points per step at lr 1e-4 once the class is
+    forgotten. The former rule (forget-train accuracy 0 over a whole pass) reacts a pass late:
+    17 steps at 1e-4 gave A_Df 0 / A_Dr 26 (a collapse), where stopping on the first fully
+    misclassified batch gives 0 / 76.7 at 1e-4, 0.5 / 81.9 at 3e-5 and 0.5 / 82.5 at 2e-5.
+    The penalty does not bind under Adam: beta = gamma = 0 gives the same trajectory.
+    Variants that did not help there: masking already-forgotten samples (0 / 80.4), a decaying
+    lr (1.0 / 81.0), normalised or plain SGD (77-79.5), BatchNorm in train mode (9.0 / 46.6).
 
     The penalties' gradient ``2 (beta F + gamma)(theta - theta*)`` is added analytically with
     foreach ops instead of autograd through flattened parameter copies (same update).
@@ -74,7 +88,7 @@ class PBU(UnlearningMethod):
     alpha: float = 721.0
     beta: float = 100.0
     gamma: float = 4001.0
-    lr: float = 1e-4
+    lr: float = 3e-5
     epochs: int = 50
     stop_forget_acc: float | None = 0.0
     batchnorm: str = "eval"
@@ -105,21 +119,20 @@ class PBU(UnlearningMethod):
         anchor = PenaltyAnchor(named, fisher, beta=self.beta, gamma=self.gamma)
         optimizer = self.make_optimizer(anchor.params, task.device)
         forget = torch.tensor(task.forget_classes, device=task.device)
-        # Stopping uses the predictions each step already computes: a window of the last pass
-        # over the forget set (one entry per batch), so checking costs no extra forward pass.
-        window: deque[tuple[int, int]] = deque(maxlen=len(task.forget_loader))
         model.train(self.batchnorm == "train")
+        steps, stopped = 0, False
         for epoch in range(1, self.epochs + 1):
+            correct = seen = 0
             for x, y in task.forget_loader:
                 x, y = x.to(task.device, non_blocking=True), y.to(task.device, non_blocking=True)
-                correct = self.step(model, x, y, anchor=anchor, optimizer=optimizer,
-                                    forget=forget)
-                window.append((correct, len(y)))
-                if self._window_accuracy(window) <= self._target:
+                hits, stopped = self.step(model, x, y, anchor=anchor, optimizer=optimizer,
+                                          forget=forget)
+                correct, seen, steps = correct + hits, seen + len(y), steps + (not stopped)
+                if stopped:
                     break
-            task.log(epoch=epoch, acc_forget_train=self._window_accuracy(window),
+            task.log(epoch=epoch, steps=steps, acc_forget_train=100.0 * correct / max(seen, 1),
                      **(task.evaluate(model) if task.evaluate else {}))
-            if self._window_accuracy(window) <= self._target:
+            if stopped:
                 break
         task.timings["optimise_s"] = time.perf_counter() - start
         return model.eval()
@@ -137,11 +150,13 @@ class PBU(UnlearningMethod):
 
     def step(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              anchor: PenaltyAnchor, optimizer: torch.optim.Optimizer,
-             forget: torch.Tensor) -> int:
-        """One optimisation step on a forget batch; returns how many it still classified right.
+             forget: torch.Tensor) -> tuple[int, bool]:
+        """One optimisation step on a forget batch: (how many it classified right before the
+        step, whether the stopping rule ended unlearning instead of stepping).
 
         The label check, the finiteness check and the accuracy share one device sync, taken
-        before the parameters move, so a bad batch or a non-finite loss leaves them untouched.
+        before the parameters move, so a bad batch, a non-finite loss or the stopping rule
+        leaves them untouched.
         """
         logits = model(x)
         log_lik = F.log_softmax(logits, dim=1).gather(1, y[:, None]).mean()
@@ -156,17 +171,8 @@ class PBU(UnlearningMethod):
                              f"not only forget classes {forget.tolist()}")
         if not finite:
             raise FloatingPointError(f"PBU loss is {float(loss.detach())}")
+        if self.stop_forget_acc is not None and 100.0 * correct / len(y) <= self.stop_forget_acc:
+            return int(correct), True
         anchor.add_penalty_grad()
         optimizer.step()
-        return int(correct)
-
-    @property
-    def _target(self) -> float:
-        return float("-inf") if self.stop_forget_acc is None else self.stop_forget_acc
-
-    @staticmethod
-    def _window_accuracy(window: deque[tuple[int, int]]) -> float:
-        """Percent correct over the window, or +inf until it covers the whole forget set."""
-        if len(window) < (window.maxlen or 0):
-            return float("inf")
-        return 100.0 * sum(c for c, _ in window) / sum(n for _, n in window)
+        return int(correct), False

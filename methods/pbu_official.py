@@ -20,6 +20,7 @@ class PBUOfficial(PBU):
         batchnorm: "train" (official code).
     """
 
+    lr: float = 1e-4
     epochs: int = 5
     stop_forget_acc: float | None = None
     batchnorm: str = "train"

@@ -36,7 +36,7 @@ def pbu_step_benchmark(*, model_name: str, batch: int, steps: int, device: str
     y = torch.zeros(batch, dtype=torch.int64, device=dev)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fisher = {n: torch.rand_like(p) for n, p in named}
-    pbu = PBU()
+    pbu = PBU(stop_forget_acc=None)
     anchor = PenaltyAnchor(named, fisher, beta=pbu.beta, gamma=pbu.gamma)
     pbu_optimizer = pbu.make_optimizer(anchor.params, dev)
     plain_optimizer = pbu.make_optimizer(anchor.params, dev)
