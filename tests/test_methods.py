@@ -79,8 +79,8 @@ def test_bad_teaching_gives_each_sample_its_own_teacher():
         expected = torch.nn.functional.kl_div(student(x).log_softmax(1), target,
                                               reduction="batchmean")
     assert torch.allclose(loss, expected)
-    with pytest.raises(ValueError, match="batches_per_step"):
-        get_method("bad_teaching")(batches_per_step=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        get_method("bad_teaching")(batch_size=0)
 
 
 def test_bad_teaching_rejects_an_empty_forget_loader(digits_data, original):
