@@ -67,6 +67,13 @@ class PBU(UnlearningMethod):
 
     The penalties' gradient ``2 (beta F + gamma)(theta - theta*)`` is added analytically with
     foreach ops instead of autograd through flattened parameter copies (same update).
+
+    Departures from the official code (Shash12-ship/pbu, ``utils/regularizer.py`` and the MNIST
+    notebook), and why: a stopping rule on the forget-train accuracy with a 50-epoch cap instead
+    of a fixed 5 epochs (forget data only, and no wasted steps once forgotten); BatchNorm in
+    eval mode instead of train mode (forget-only batches drag the running statistics towards
+    one class); the penalty gradient computed analytically (the same update). ``pbu_official``
+    keeps the official settings.
     """
 
     needs = frozenset({"forget"})

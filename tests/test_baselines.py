@@ -199,7 +199,7 @@ def test_logit_mask_silences_the_forget_class_and_changes_nothing_else(digits_da
 
 
 def test_logit_mask_is_a_labelled_reference_row_in_every_builtin_grid():
-    assert LogitMask.needs == frozenset()
+    assert LogitMask.needs == frozenset({"forget"})  # declared, never read
     assert get_method("logit_mask") is LogitMask
     assert "reference" in label("method", "logit_mask").lower()
     assert is_reference("logit_mask") and not is_reference("pbu")
