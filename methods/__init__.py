@@ -6,6 +6,7 @@ from methods.bad_teaching import BadTeaching
 from methods.base import DATA_NEEDS, CellShape, UnlearningMethod, UnlearningTask
 from methods.fast_effective import FastEffective
 from methods.finetune import FineTune
+from methods.logit_mask import LogitMask
 from methods.pbu import PBU
 from methods.pbu_official import PBUOfficial
 from methods.registry import (
@@ -31,6 +32,7 @@ __all__ = [
     "CellShape",
     "FastEffective",
     "FineTune",
+    "LogitMask",
     "PBUOfficial",
     "PluginError",
     "Registry",

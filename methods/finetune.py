@@ -21,6 +21,10 @@ class FineTune(UnlearningMethod):
         lr: learning rate, 1e-3 (PBU paper's protocol on MNIST).
         epochs: passes over the retain data, 10 (PBU paper's protocol).
         optimizer: "adam" (PBU paper's protocol) or "sgd".
+
+    Departures: the official PBU repository (Shash12-ship/pbu) holds no fine-tuning code, so
+    there is none to compare with; the settings follow the paper's protocol. The built-in grids
+    raise its lr or cut its epochs where noted in ``bench/harness/builtin_grids.py``.
     """
 
     needs = frozenset({"retain"})

@@ -18,6 +18,10 @@ class PBUOfficial(PBU):
         epochs: 5 (official code).
         stop_forget_acc: None (official code has no stopping rule).
         batchnorm: "train" (official code).
+
+    Departures from the official code: the analytic penalty gradient (the same update) and the
+    grid's batch size; the ``quick`` grid scales its epochs to match the official number of
+    Adam steps (see ``bench/harness/builtin_grids.py``).
     """
 
     lr: float = 1e-4

@@ -20,6 +20,11 @@ class Retrain(UnlearningMethod):
     its model (``cache_model``) because later metrics compare against it.
 
     Args: none.
+
+    Departure from the official code (Shash12-ship/pbu, ``experiments/MNIST Resnet.ipynb``): it
+    retrains a fresh ``CustomResNet18()`` (ImageNet-pretrained by default) with Adam lr 1e-3
+    for 10 epochs; ours reuses the original's recipe and its exact initial weights (seeded), so
+    the missing forget classes are the only difference from the original.
     """
 
     needs = frozenset({"retain", "architecture"})

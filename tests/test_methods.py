@@ -37,7 +37,19 @@ def test_original_model_is_good(original_record):
     assert original_record["acc_retain_test"] >= 90
 
 
-@pytest.mark.parametrize("label", PAPER_METHODS)
+# The baselines run at their published settings (issue 12), which on digits' ~1,300 training
+# images do not both forget and keep the rest: Bad Teaching (Adam 1e-4, one epoch: ~6 steps)
+# barely moves the model, and UNSIR's impair set is ~80 % noise at lr 0.02, which its 5 repair
+# steps do not undo. Each is checked for what its published setting does here instead.
+FORGETTING_METHODS = [m for m in PAPER_METHODS if m not in ("fast_effective", "bad_teaching")]
+PUBLISHED_BEHAVIOUR = {
+    # label: (forgets: A_Df <= 10, keeps the rest: A_Dr within 8 points of the original)
+    "bad_teaching": (False, True),
+    "fast_effective": (True, False),
+}
+
+
+@pytest.mark.parametrize("label", FORGETTING_METHODS)
 def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, original_record):
     record = run_method(unit_grid, run_cfg, label)
     assert record["acc_forget_test"] <= 10.0, record["acc_forget_test"]
@@ -47,6 +59,17 @@ def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, orig
     quick = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
     defaults = get_method(label).default_params()
     assert record["params"] == {**defaults, **quick}
+
+
+@pytest.mark.parametrize("label", sorted(PUBLISHED_BEHAVIOUR))
+def test_baseline_at_its_published_setting(label, unit_grid, run_cfg, original_record):
+    record = run_method(unit_grid, run_cfg, label)
+    assert record["params"] == get_method(label).default_params()  # no grid overrides
+    assert all(math.isfinite(record[k]) for k in METRIC_KEYS)
+    forgets, keeps = PUBLISHED_BEHAVIOUR[label]
+    assert (record["acc_forget_test"] <= 10.0) == forgets, record["acc_forget_test"]
+    kept = record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
+    assert kept == keeps, record["acc_retain_test"]
 
 
 def test_pbu_official_forgets_less_but_still_forgets(unit_grid, run_cfg, original_record):
@@ -79,8 +102,8 @@ def test_bad_teaching_gives_each_sample_its_own_teacher():
         expected = torch.nn.functional.kl_div(student(x).log_softmax(1), target,
                                               reduction="batchmean")
     assert torch.allclose(loss, expected)
-    with pytest.raises(ValueError, match="batches_per_step"):
-        get_method("bad_teaching")(batches_per_step=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        get_method("bad_teaching")(batch_size=0)
 
 
 def test_bad_teaching_rejects_an_empty_forget_loader(digits_data, original):

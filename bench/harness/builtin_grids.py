@@ -7,12 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 PAPER_METHODS = ["retrain", "finetune", "fast_effective", "bad_teaching", "pbu"]
+# A reference row in every built-in grid, not a competitor: the original model with the forget
+# classes' logits masked (methods/logit_mask.py). It forgets nothing, so any metric that ranks
+# it above retraining is blind to hidden knowledge.
+REFERENCE_METHODS = ["logit_mask"]
+# Baselines (fast_effective, bad_teaching) run at their published settings in every built-in
+# grid, with no per-grid overrides: the tables show each baseline as published, even where it
+# fails to forget on our data. Tuning every method fairly on each grid is a later issue.
 
 BUILTIN_GRIDS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
         "seeds": [0, 1, 2],
-        "methods": PAPER_METHODS,
+        "methods": [*PAPER_METHODS, *REFERENCE_METHODS],
         "curves": True,
         "experiments": [{
             "dataset": "digits",
@@ -23,27 +30,15 @@ BUILTIN_GRIDS: dict[str, dict[str, Any]] = {
             # some step sizes differ from the paper defaults. Measured on classes 2/6/8, seeds
             # 0-2 (A_Df / A_Dr means):
             # - finetune: the paper's lr 1e-3 leaves ~46 % A_Df after 10 epochs; 3e-3 gives 0.
-            # - bad_teaching (mixed batches): 5 epochs at 3e-3 leave 11 % A_Df on class 6;
-            #   10 epochs at 1e-3 give 0.85 / 99.0.
             # - pbu: no override; its one default holds on every grid (methods/pbu.py).
             # - pbu_official (not run by default; --methods pbu_official adds it): the official
             #   5 epochs over MNIST's ~6,000-image forget class are ~470 Adam steps; digits'
             #   ~126 images need ~235 epochs for that.
             "method_params": {"finetune": {"lr": 3e-3},
-                              "bad_teaching": {"epochs": 10, "lr": 1e-3},
                               "pbu_official": {"epochs": 235}},
         }],
     },
 }
-
-# Bad Teaching per architecture, measured on this grid's data with mixed batches (A_Df / A_Dr,
-# means over classes 2, 6, 8; retraining keeps ~78 % on smallcnn, ~87 % on ResNet-18).
-# smallcnn (seeds 0-2): 3 epochs at lr 3e-3 7.3 / 46 (class 8: 16 %), at 5e-3 3.8 / 39 (class 8:
-# 10 %), 6 epochs at 3e-3 11.9 / 64; only 2 epochs at 1e-2 forget every class (0.4 / 25): a random
-# smallcnn predicts an almost uniform distribution, so its incompetent teacher pulls weakly (see
-# the method's docstring). ResNet-18 (seed 0, class 2): 3 epochs at 1e-3 0 / 66, at 3e-3 0 / 27.
-_FASHION_BAD_TEACHING = {"smallcnn": {"epochs": 2, "lr": 1e-2},
-                         "resnet18": {"epochs": 3, "lr": 1e-3}}
 
 
 def _fashion_experiment(arch: str) -> dict[str, Any]:
@@ -58,11 +53,9 @@ def _fashion_experiment(arch: str) -> dict[str, Any]:
         "train": {"epochs": 4, "lr": 1e-3, "batch_size": 64},
         # Measured on these 3,000 images (smallcnn, class 6, seeds 0-1; retrain keeps 81 %
         # retain accuracy): fine-tuning at the paper's lr 1e-3 forgets in 3 epochs and keeps 75 %
-        # (lr 3e-3: 70 %; 10 epochs would cost more than retraining); UNSIR a 64-image noise
-        # batch (a quarter of its default and of its cost on ResNet-18).
-        "method_params": {"finetune": {"epochs": 3, "lr": 1e-3},
-                          "bad_teaching": _FASHION_BAD_TEACHING[arch],
-                          "fast_effective": {"noise_samples": 64}},
+        # (lr 3e-3: 70 %; 10 epochs would cost more than retraining). UNSIR and Bad Teaching
+        # run as published (see the note at the top of this file); PBU has no override.
+        "method_params": {"finetune": {"epochs": 3, "lr": 1e-3}},
     }
 
 
@@ -72,7 +65,7 @@ BUILTIN_GRIDS["fashion"] = {
     # pbu_official is left out: step-matching its official 5 MNIST epochs (~470 Adam steps) on
     # 300 forget images is 94 epochs, 40 more minutes on ResNet-18; the quick and
     # pbu-ablation grids compare it with pbu.
-    "methods": PAPER_METHODS,
+    "methods": [*PAPER_METHODS, *REFERENCE_METHODS],
     "experiments": [_fashion_experiment("smallcnn"), _fashion_experiment("resnet18")],
 }
 
@@ -86,6 +79,7 @@ BUILTIN_GRIDS["pbu-ablation"] = {
         {"name": "pbu_gamma0", "method": "pbu", "params": {"gamma": 0.0}},
         {"name": "pbu_mc", "method": "pbu", "params": {"fisher": "mc"}},
         {"name": "pbu_empirical", "method": "pbu", "params": {"fisher": "empirical"}},
+        *REFERENCE_METHODS,
     ],
     "experiments": [BUILTIN_GRIDS["quick"]["experiments"][0]],
 }
@@ -98,6 +92,21 @@ BUILTIN_GRIDS["pbu-ablation"] = {
 # ImageNet weights and fine-tune with the usual transfer recipe (ours: SGD lr 0.01, momentum
 # 0.9, weight decay 5e-4, cosine, batch 64; 5 epochs on CIFAR-100, 3 on the 75,750 Food-101
 # images). Unlearning methods keep their paper defaults (see each method's docstring).
+#
+# Where this grid departs from the official repository (Shash12-ship/pbu, verified in
+# models/models.py and "experiments/MNIST Resnet.ipynb"):
+# - MNIST models start from scratch here. The official CustomResNet18/34 default to
+#   pretrained=True: torchvision's ImageNet ResNet with a fresh 1-channel 7x7 conv1 and a fresh
+#   head, trained 10 epochs with Adam lr 1e-4, batch 48 (that recipe we keep, from scratch;
+#   ImageNet weights for a 1-channel 28 px input would keep only the inner layers). The
+#   official MNIST notebook uses ResNet-18; the paper's table lists ResNet-34, DenseNet-121 and
+#   ConvNeXt-L, which this grid follows.
+# - Retraining: the official notebook retrains from a fresh (ImageNet-initialised) model with
+#   Adam lr 1e-3; ours reuses the original's recipe and starts from the original model's exact
+#   initial weights (same seed), so the forget classes are the only difference.
+# - The official repository has no CIFAR-100 or Food-101 code; those recipes are ours (above).
+# - Baselines (fast_effective, bad_teaching) run at their official settings; their own
+#   departures are listed in their docstrings.
 _MNIST_RECIPE = {"epochs": 10, "batch_size": 48, "optimizer": "adam", "lr": 1e-4,
                  "schedule": "none"}
 _TRANSFER_RECIPE = {"batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
@@ -113,7 +122,7 @@ def _paper_rows(dataset: str, archs: list[str], classes: list[int], train: dict[
 BUILTIN_GRIDS["paper"] = {
     "name": "paper",
     "seeds": [0, 1, 2],
-    "methods": PAPER_METHODS,
+    "methods": [*PAPER_METHODS, *REFERENCE_METHODS],
     "curves": True,
     "experiments": [
         *_paper_rows("mnist", ["resnet34", "densenet121", "convnext_large"], [2, 6, 8],

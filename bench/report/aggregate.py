@@ -33,10 +33,18 @@ def flagged(frame: pd.DataFrame) -> set[tuple[str, ...]]:
     return {tuple(str(v) for v in row) for row in hit[KEYS].itertuples(index=False)}
 
 
+def is_reference(method: str) -> bool:
+    """A reference row (``logit_mask``): a registered method whose class sets ``reference``;
+    tables label it through its registered label, figures hatch it."""
+    return method in METHODS and bool(getattr(METHODS.get(method), "reference", False))
+
+
 def method_order(methods: Iterable[str]) -> list[str]:
-    """The paper's column order first, then any other methods alphabetically."""
+    """The paper's column order first, then any other methods alphabetically, then the
+    reference rows."""
     present = set(methods)
-    return [m for m in PAPER_ORDER if m in present] + sorted(present - set(PAPER_ORDER))
+    rest = sorted(present - set(PAPER_ORDER), key=lambda m: (is_reference(m), m))
+    return [m for m in PAPER_ORDER if m in present] + rest
 
 
 def _class_sort_key(text: str) -> tuple[int, ...]:

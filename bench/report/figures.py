@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.harness.store import write_atomic
 from bench.metrics import PAPER_PAIR, metric
-from bench.report.aggregate import label, method_order
+from bench.report.aggregate import is_reference, label, method_order
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,25 @@ def _legend(name: str) -> str:
     return f"{m.label}: {m.description}"
 
 
+def _mark_references(ax, positions: list[int]) -> None:
+    """Hatch and grey the bars (and grey the tick labels) of reference rows at x positions
+    ``positions``: the logit mask is a sanity reference, not a competitor."""
+    if not positions:
+        return
+    for container in ax.containers:
+        for bar in getattr(container, "patches", container):
+            # Categories sit at integer x positions; hue levels are offset within them.
+            if round(bar.get_x() + bar.get_width() / 2) in positions:
+                bar.set_hatch("///")
+                bar.set_edgecolor("0.3")
+                bar.set_alpha(0.55)
+    ticks = ax.get_xticklabels()
+    for x in positions:
+        if x < len(ticks):
+            ticks[x].set_color("0.45")
+            ticks[x].set_fontstyle("italic")
+
+
 def accuracy_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """A_Df and A_Dr per method (mean over seeds and classes, error bar = std over seeds)."""
     import seaborn as sns
@@ -53,8 +72,10 @@ def accuracy_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                        errorbar="sd", height=3.6, aspect=1.6, palette="colorblind")
     grid.set_axis_labels("", f"accuracy ({metric(PAPER_PAIR[0]).unit})")
     grid.set_titles("{col_name}")
+    references = [i for i, m in enumerate(method_order(frame["method"])) if is_reference(m)]
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=30)
+        _mark_references(ax, references)
     paths = _save(grid.figure, out_dir, "accuracy")
     _pyplot().close(grid.figure)
     return paths
@@ -67,10 +88,12 @@ def time_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     data = frame[frame["method"] != "original"].assign(
         method=lambda f: f["method"].map(lambda m: label("method", m)))
-    order = [label("method", m) for m in method_order(frame["method"]) if m != "original"]
+    order_names = [m for m in method_order(frame["method"]) if m != "original"]
+    order = [label("method", m) for m in order_names]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     sns.barplot(data=data, x="method", y="time_s", order=order, errorbar="sd", ax=ax,
                 color=sns.color_palette("colorblind")[0])
+    _mark_references(ax, [i for i, m in enumerate(order_names) if is_reference(m)])
     ax.set_yscale("log")
     ax.set_xlabel("")
     ax.set_ylabel(f"{metric('time_s').description} ({metric('time_s').unit}, log scale)")
