@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import BatchLoader, CellShape, UnlearningMethod, UnlearningTask, require_positive
+from methods.base import (
+    BatchLoader,
+    CellShape,
+    UnlearningMethod,
+    UnlearningTask,
+    require_positive,
+)
 from methods.registry import register_method
 
 

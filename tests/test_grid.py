@@ -8,7 +8,7 @@ import pytest
 from helpers import PAPER_METHODS, grid_yaml, write_grid
 
 from bench.errors import BenchInputError
-from bench.harness.builtin_grids import BUILTIN_GRIDS
+from bench.harness.builtin_grids import BUILTIN_GRIDS, REFERENCE_METHODS
 from bench.harness.grid import Experiment, load_grid, load_raw_grid, narrow, parse_grid
 from methods import PBU, FineTune, PBUOfficial, get_method
 from methods.training import TrainRecipe
@@ -30,11 +30,12 @@ def bad(raw: dict, where: str = "grid") -> str:
 def test_every_method_gets_its_defaults_plus_the_grids_overrides():
     exp = load_grid("quick").experiments[0]
     overrides = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"]
-    assert set(exp.params) == set(PAPER_METHODS)
-    for label in PAPER_METHODS:
+    assert set(exp.params) == {*PAPER_METHODS, *REFERENCE_METHODS}
+    for label in exp.params:
         defaults = get_method(label).default_params()
         assert exp.params[label] == {**defaults, **overrides.get(label, {})}, label
-    assert exp.params["pbu"]["lr"] == 3e-5 and exp.params["finetune"]["lr"] == 3e-3
+    assert exp.params["pbu"] == get_method("pbu").default_params()  # PBU: no override
+    assert exp.params["finetune"]["lr"] == 3e-3
 
 
 def test_labelled_entries_resolve_method_params_and_experiment_overrides():

@@ -39,15 +39,15 @@ def test_paper_dry_run_lists_the_tables_rows_times_methods_times_seeds(tmp_path,
     stdout = capsys.readouterr().out
     lines = [line.split() for line in stdout.splitlines() if line.startswith("todo")]
     keys = [line[1] for line in lines]
-    assert len(keys) == len(set(keys)) == 27 * 6 * 3
+    assert len(keys) == len(set(keys)) == 27 * 7 * 3  # + original and the logit_mask reference
     rows = {(d, a, int(c)) for d, a, c, _, _ in (k.split("/") for k in keys)}
     assert rows == PAPER_ROWS
     for row in PAPER_ROWS:
         for seed in range(3):
-            for label in ["original", *PAPER_METHODS]:
+            for label in ["original", *PAPER_METHODS, "logit_mask"]:
                 assert f"{row[0]}/{row[1]}/{row[2]}/{label}/{seed}" in keys
     assert all(line[-1] in ("TFLOP", "PFLOP") for line in lines)  # every cell has a cost
-    assert "486 cells, 486 to run: about" in stdout
+    assert "567 cells, 567 to run: about" in stdout
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
 
