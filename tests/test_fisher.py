@@ -156,7 +156,8 @@ FORMS = {
     "direct": {"_CONV_FORM_POSITIONS": 10**9, "_FORCE_PAIRWISE": False},
     "pairwise": {"_CONV_FORM_POSITIONS": 10**9, "_FORCE_PAIRWISE": True},
     "tiny_blocks": {"_BLOCK_ELEMENTS": 16, "_ROW_BLOCK_ELEMENTS": 16, "_OPERAND_ELEMENTS": 16,
-                    "_STACKED_ELEMENTS": 16, "_CHUNK": 3},
+                    "_STACKED_ELEMENTS": 16, "_CHUNK": 3, "_MAX_CHUNK": 3},
+    "growing_chunks": {"_CHUNK": 1, "_MAX_CHUNK": 4},
 }
 
 

@@ -45,6 +45,13 @@ KINDS = ("exact", "mc", "empirical")
 # Samples per forward pass: big enough for efficient batched convolutions, small enough that
 # recorded activations, unfolded inputs and the graph stay well under 1 GiB for ResNet-18.
 _CHUNK = 32
+# Models whose per-sample state is small (few, small feature maps, like the official PBU
+# ResNet-18 on 28x28 inputs) get chunks of up to _MAX_CHUNK samples: wider matmuls in the
+# backward passes. A chunk doubles while its estimated bytes (recorded inputs, unfolded
+# columns, kept output gradients and the autograd graph) stay under _CHUNK_BYTES; the
+# small-input ResNet-18 (~10 MiB a sample) stays at _CHUNK.
+_MAX_CHUNK = 128
+_CHUNK_BYTES = 256 << 20
 # Elements per block of per-sample weight gradients: 2 MiB in float32 stays in cache between
 # the matmul that writes it and the squaring that reads it back.
 _BLOCK_ELEMENTS = 1 << 19
@@ -141,23 +148,36 @@ def _run(model: nn.Module, loader: Iterable, *, params: dict[str, nn.Parameter],
          generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     sums = {name: torch.zeros_like(p, memory_format=torch.contiguous_format)
             for name, p in params.items()}
-    count = 0
+    count, chunk = 0, _CHUNK
     with _Recorder(model, params, slow) as recorder:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for start in range(0, len(x), _CHUNK):
-                xs, ys = x[start:start + _CHUNK], y[start:start + _CHUNK]
-                _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow, kind=kind,
-                                  mc_samples=mc_samples, generator=generator)
+            start = 0
+            while start < len(x):
+                xs, ys = x[start:start + chunk], y[start:start + chunk]
+                per_sample = _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow,
+                                               kind=kind, mc_samples=mc_samples,
+                                               generator=generator)
+                start += len(xs)
                 count += len(xs)
+                chunk = _chunk_size(per_sample)
     if count == 0:
         raise ValueError("cannot compute a Fisher over an empty loader")
     return {name: total / count for name, total in sums.items()}
 
 
+def _chunk_size(per_sample: float) -> int:
+    """Samples per forward pass from the bytes one sample held in the last chunk."""
+    chunk = _CHUNK
+    while chunk * 2 <= _MAX_CHUNK and chunk * 2 * per_sample <= _CHUNK_BYTES:
+        chunk *= 2
+    return chunk
+
+
 def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y: torch.Tensor,
                       *, sums: dict[str, torch.Tensor], slow: set[str], kind: str,
-                      mc_samples: int, generator: torch.Generator | None) -> None:
+                      mc_samples: int, generator: torch.Generator | None) -> float:
+    """Adds the chunk's summed squares to ``sums``; returns the bytes held per sample."""
     with torch.enable_grad():
         recorder.start()
         logits = model(x)
@@ -169,6 +189,10 @@ def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y:
     vectors = _output_vectors(logits.detach(), y, kind=kind, mc_samples=mc_samples,
                               generator=generator)
     layers = recorder.layers(logits, rank=len(vectors))
+    # Each layer's recorded input twice (its own copy or columns, and the graph's saved
+    # tensors) and, where a form keeps them to the end, the r output gradients.
+    per_sample = float("inf") if slow else sum(
+        layer.held_bytes(len(vectors)) for layer in layers) / max(1, len(x))
     if layers and logits.requires_grad:
         edges = [layer.edge for layer in layers]
         for k, vector in enumerate(vectors):
@@ -182,6 +206,7 @@ def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y:
     del logits, layers
     if slow:
         _generic_chunk(model, sorted(slow), x, vectors, sums)
+    return per_sample
 
 
 def _output_vectors(logits: torch.Tensor, y: torch.Tensor, *, kind: str, mc_samples: int,
@@ -249,6 +274,7 @@ class _Record:
         self.calls = 0
         self.input: torch.Tensor | None = None
         self.edge: GradientEdge | None = None
+        self.output_bytes = 0
 
 
 class _Recorder:
@@ -292,6 +318,7 @@ class _Recorder:
         if record.calls == 1 and args and isinstance(args[0], torch.Tensor) \
                 and isinstance(output, torch.Tensor) and output.requires_grad:
             record.input = args[0].detach()
+            record.output_bytes = output.numel() * output.element_size()
             # Taken now, before any in-place op (ReLU(inplace=True), +=) rebases the output.
             record.edge = get_gradient_edge(output)
 
@@ -362,6 +389,15 @@ def _input_fits(module: nn.Module, a: torch.Tensor | None) -> bool:
 
 class _Layer:
     edge: GradientEdge
+    input_bytes = 0     # of the recorded input
+    output_bytes = 0    # of one output gradient
+
+    def held_bytes(self, rank: int) -> int:
+        """Bytes this layer holds during a chunk, its input counted twice (own copy + graph)."""
+        return 2 * self.input_bytes + self.output_bytes * (rank if self.keeps_grads() else 0)
+
+    def keeps_grads(self) -> bool:
+        return False
 
     def accumulate(self, grad: torch.Tensor) -> None:
         """Add sum over samples of squared per-sample gradients for one backward vector."""
@@ -397,6 +433,9 @@ def _make_layer(module: nn.Module, names: dict[str, str], record: _Record, rank:
     else:
         layer = _NormLayer(names, _batch_norm_hat(module, a), layout=_channels_first)
     layer.edge = record.edge
+    layer.input_bytes = max(a.numel() * a.element_size(), sum(
+        t.numel() * t.element_size() for t in (getattr(layer, "features", None),) if t is not None))
+    layer.output_bytes = record.output_bytes
     return layer
 
 
@@ -472,6 +511,9 @@ class _ConvLayer(_Layer):
         self.grads: list[torch.Tensor] = []
         self.bias_sum: torch.Tensor | None = None
 
+    def keeps_grads(self) -> bool:
+        return self.weight is not None
+
     def accumulate(self, grad: torch.Tensor) -> None:
         if self.bias is not None:
             self.bias_sum = _add(self.bias_sum, _bias_squares(grad))
@@ -531,6 +573,9 @@ class _AffineLayer(_Layer):
         self.weight_sum: torch.Tensor | None = None  # direct form: (G, D_out, D_in)
         self.grads: list[torch.Tensor] = []          # Gram form: each (N, G, D_out, P)
         self.bias_sum: torch.Tensor | None = None
+
+    def keeps_grads(self) -> bool:
+        return self.gram and self.weight is not None
 
     def accumulate(self, grad: torch.Tensor) -> None:
         g = self.to_positions(grad, self.groups)     # (N, G, D_out, P)
