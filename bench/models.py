@@ -175,6 +175,19 @@ class ResizeTo(nn.Module):
         return self.body(x)
 
 
+@register_arch("pbu_resnet18", label="ResNet-18 (PBU official)")
+def pbu_resnet18(*, num_classes: int, in_channels: int, image_size: int,
+                 state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The official PBU code's model: torchvision ResNet-18 whose stem is a 7x7 stride-2
+    convolution for ``in_channels`` inputs, max-pooling kept, whatever the input size."""
+    from torchvision.models import resnet18
+
+    del image_size
+    model = _load_matching(resnet18(num_classes=num_classes), state)
+    model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    return model
+
+
 def _convnext(factory: Callable[..., nn.Module]) -> Builder:
     def build(*, num_classes: int, in_channels: int, image_size: int,
               state: dict[str, torch.Tensor] | None = None) -> nn.Module:

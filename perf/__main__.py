@@ -1,6 +1,6 @@
 """Benchmarks of the suite's own speed (not part of the library).
 
-``python -m perf fisher [--samples 256] [--batch 64] [--model resnet18]``
+``python -m perf fisher [--samples 256] [--batch 64] [--model resnet18,pbu_resnet18]``
 ``python -m perf pbu-step [--batch 64] [--steps 10] [--model resnet18]``
 ``python -m perf throughput [--grid paper] [--device cuda] [--archs a,b]``
 """
@@ -19,15 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    fisher = commands.add_parser("fisher", help="diagonal Fisher engines on one model")
+    fisher = commands.add_parser("fisher", help="diagonal Fisher engines on the models")
     fisher.add_argument("--samples", type=int, default=256, help="samples for our engines")
     fisher.add_argument("--batch", type=int, default=64, help="loader batch size")
-    fisher.add_argument("--model", default="resnet18",
-                        help="architecture from bench.models (1-channel 28x28 inputs)")
+    fisher.add_argument("--model", default="resnet18,pbu_resnet18",
+                        help="comma-separated architectures from bench.models (1-channel 28x28 "
+                             "inputs), measured one after the other in one run")
     fisher.add_argument("--ref-samples", type=int, default=32,
                         help="samples for the slow reference engines (nngeometry, BackPACK)")
     fisher.add_argument("--repeats", type=int, default=3,
                         help="timed passes per engine after the warm-up; the fastest counts")
+    fisher.add_argument("--ref-repeats", type=int, default=1,
+                        help="timed passes of the slow reference engines")
     fisher.add_argument("--engines", default=",".join(fisher_bench.ENGINES),
                         help=f"comma-separated subset of {', '.join(fisher_bench.ENGINES)}")
     fisher.add_argument("--worker", help=argparse.SUPPRESS)
@@ -52,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return _pbu_step(args, parser)
     if args.command == "throughput":
         return _throughput(args, parser)
-    if min(args.samples, args.batch, args.ref_samples, args.repeats) < 1:
-        parser.error("--samples, --batch, --ref-samples and --repeats must be positive")
+    if min(args.samples, args.batch, args.ref_samples, args.repeats, args.ref_repeats) < 1:
+        parser.error("--samples, --batch, --ref-samples, --repeats and --ref-repeats must be "
+                     "positive")
     if args.worker:
         return fisher_bench.worker(args)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.models import check_arch
 
     try:
-        check_arch(args.model)
+        for name in args.model.split(","):
+            if name.strip():
+                check_arch(name.strip())
     except BenchInputError as exc:
         parser.error(str(exc))
     return fisher_bench.compare(args, engines)

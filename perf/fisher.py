@@ -1,4 +1,9 @@
-"""``python -m perf fisher``: diagonal Fisher engines (ours, nngeometry, BackPACK) on one model.
+"""``python -m perf fisher``: diagonal Fisher engines (ours, nngeometry, BackPACK) on the models.
+
+By default two models in one run: the suite's small-input ResNet-18 (3x3 stride-1 stem, no
+max-pooling) and the official PBU code's ResNet-18 (7x7 stride-2 stem, max-pooling kept), both
+on 1x28x28 inputs with 10 classes. For each it prints every engine's time per sample, the speed
+ratios, and ours against a FLOP floor computed from the model (``flop_floor``).
 
 Each engine runs in a fresh subprocess, so its peak resident memory (ru_maxrss) is its own
 and no engine warms caches or allocator pools for another. A worker builds the same model
@@ -52,14 +57,32 @@ _MODULES = {"nngeometry": "nngeometry", "backpack-for-pytorch": "backpack"}
 
 
 def compare(args: argparse.Namespace, engines: list[str]) -> int:
+    """Every model of ``args.model`` (comma-separated), one after the other, in one run."""
+    from perf.throughput import matmul_peak
+
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average at start {load_average()}")
+    peak = matmul_peak(torch.device("cpu"))
+    print(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best of 1024-3072 square "
+          "matmuls; converts the FLOP floors below into times)")
+    for name in models:
+        print()
+        _compare_one(args, name, engines, peak)
+    print(f"load average at end {load_average()}")
+    return 0
+
+
+def _compare_one(args: argparse.Namespace, model_name: str, engines: list[str],
+                 peak: float) -> None:
+    args = argparse.Namespace(**{**vars(args), "model": model_name})
     ref_samples = min(args.ref_samples, args.samples)
     print(f"diagonal Fisher benchmark: {args.model}, {IN_CHANNELS}x{IMAGE_SIZE}x{IMAGE_SIZE} "
           f"random inputs, {NUM_CLASSES} classes, batches of {args.batch}; our engines and the "
           f"training step on {args.samples} samples, nngeometry and BackPACK on the first "
           f"{ref_samples} (per-sample times are comparable)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average at start {load_average()}")
-    print(f"time: wall clock per sample, fastest of {args.repeats} passes (median in brackets) "
+    print(f"time: wall clock per sample, fastest of {args.repeats} passes (reference engines: "
+          f"{args.ref_repeats}; median in brackets) "
           f"after a warm-up pass on {WARMUP_SAMPLES} samples; peak RSS: ru_maxrss of the "
           "engine's own process, including Python, torch, model and data (its RSS before the "
           "engine ran: 'setup')")
@@ -76,7 +99,8 @@ def compare(args: argparse.Namespace, engines: list[str]) -> int:
             command = [sys.executable, "-m", "perf", "fisher", "--worker", engine,
                        "--out", str(out), "--samples", str(args.samples),
                        "--batch", str(args.batch), "--model", args.model,
-                       "--ref-samples", str(ref_samples), "--repeats", str(args.repeats)]
+                       "--ref-samples", str(ref_samples), "--repeats", str(args.repeats),
+                       "--ref-repeats", str(args.ref_repeats)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -91,8 +115,7 @@ def compare(args: argparse.Namespace, engines: list[str]) -> int:
                   f"on {result['samples']:3d} samples   peak RSS {result['peak_mib']:5.0f} MiB "
                   f"(setup {result['setup_mib']:4.0f})", flush=True)
     _report(results, exact_on_ref)
-    print(f"load average at end {load_average()}")
-    return 0
+    _report_floor(model_name, results, peak)
 
 
 def _report(results: dict[str, dict[str, Any]],
@@ -117,6 +140,76 @@ def _report(results: dict[str, dict[str, Any]],
         print(f"ours-mc costs {mc['ms'] / step['ms']:.2f}x a plain training step "
               f"({step['ms']:.1f} ms/sample: forward + backward of cross-entropy on the same "
               "batches, train mode)")
+
+
+def _report_floor(model_name: str, results: dict[str, dict[str, Any]], peak: float) -> None:
+    floor = flop_floor(model_name)
+    rank = NUM_CLASSES - 1
+    activation = floor["forward"] + rank * floor["backward"]
+    total = activation + floor["weights"]
+    print(f"FLOP floor of the exact Fisher per sample: forward {floor['forward'] / 1e6:.1f} MFLOP"
+          f" + {rank} activation backwards x {floor['backward'] / 1e6:.1f} = "
+          f"{activation / 1e6:.1f} MFLOP ({1e3 * activation / peak:.2f} ms at the measured "
+          f"peak); with the weight-gradient squares' cheapest exact contraction "
+          f"({floor['weights'] / 1e6:.1f} MFLOP): {total / 1e6:.1f} MFLOP "
+          f"({1e3 * total / peak:.2f} ms)")
+    if "ours-exact" in results:
+        ms = results["ours-exact"]["ms"]
+        print(f"ours-exact / floor: {ms / (1e3 * total / peak):.2f}x (against forward + "
+              f"backwards only: {ms / (1e3 * activation / peak):.2f}x)")
+
+
+def flop_floor(model_name: str) -> dict[str, float]:
+    """FLOPs per sample of the exact Fisher's unavoidable work on ``model_name``.
+
+    forward: multiply-adds x 2 of every convolution and Linear layer. backward: the same for
+    one backward pass to the activations (all layers but the first, whose input needs no
+    gradient); the exact Fisher needs C-1 of them. weights: per layer, the cheaper exact way
+    to turn (inputs, C-1 output gradients) into summed squared weight gradients, counting
+    multiply-adds only: r per-sample products G U^T of P positions (2 r D_out D_in P), or the
+    pairwise form (2 r D_out P^2 for K, 2 D_out D_in x the position pairs that read real
+    input, not zero padding). Normalisation layers and biases (all O(activations)) are left out.
+    """
+    from bench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=NUM_CLASSES, in_channels=IN_CHANNELS,
+                        image_size=IMAGE_SIZE).eval()
+    rank = NUM_CLASSES - 1
+    totals = {"forward": 0.0, "backward": 0.0, "weights": 0.0}
+    first = True
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal first
+        x = args[0]
+        if isinstance(module, nn.Linear):
+            d_out, d_in, positions, groups = module.out_features, module.in_features, 1, 1
+            pairs = 1.0
+        else:
+            groups = module.groups
+            d_out = module.out_channels // groups
+            d_in = module.weight[0].numel()
+            positions = output[0, 0].numel()
+            valid = F.unfold(x.new_ones(1, 1, *x.shape[2:]), module.kernel_size,
+                             module.dilation, module.padding, module.stride)[0] > 0
+            counts = valid.sum(1, dtype=torch.float64)
+            pairs = float((counts * (counts + 1) / 2).mean())
+        macs = groups * d_out * d_in * positions
+        totals["forward"] += 2 * macs
+        if not first:
+            totals["backward"] += 2 * macs
+        first = False
+        direct = 2 * rank * macs
+        pairwise = groups * (2 * rank * d_out * positions ** 2 + 2 * d_out * d_in * pairs)
+        totals["weights"] += min(direct, pairwise)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE))
+    for handle in handles:
+        handle.remove()
+    return totals
 
 
 def _relative_error(values: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
@@ -145,7 +238,7 @@ def worker(args: argparse.Namespace) -> int:
     run = _ENGINE_RUNNERS[engine](model)
     run(x[:WARMUP_SAMPLES], y[:WARMUP_SAMPLES], args.batch)
     times = []
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if ENGINES[engine][1] == "all" else args.ref_repeats):
         start = time.perf_counter()
         fisher = run(x[:n], y[:n], args.batch)
         times.append(time.perf_counter() - start)

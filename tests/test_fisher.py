@@ -113,7 +113,7 @@ def convs() -> nn.Module:
 
 
 def unknown_layers() -> nn.Module:
-    """GroupNorm and a custom parameter go through the generic path next to fast layers."""
+    """A custom parameter goes through the generic path next to fast layers (and GroupNorm)."""
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
                          Scale((4, 1, 1)), nn.Flatten(), nn.Linear(4 * 16, CLASSES))
 
@@ -153,10 +153,11 @@ def test_small_models_match_reference(name: str, kind: str) -> None:
 # that every code path is checked against the reference, not only those ResNet-18 picks.
 FORMS = {
     "convolution": {"_CONV_FORM_POSITIONS": 1},
-    "direct": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": -10**9},
-    "pairwise": {"_CONV_FORM_POSITIONS": 10**9, "_SQUARE_COST": 10**9},
+    "direct": {"_CONV_FORM_POSITIONS": 10**9, "_FORCE_PAIRWISE": False},
+    "pairwise": {"_CONV_FORM_POSITIONS": 10**9, "_FORCE_PAIRWISE": True},
     "tiny_blocks": {"_BLOCK_ELEMENTS": 16, "_ROW_BLOCK_ELEMENTS": 16, "_OPERAND_ELEMENTS": 16,
-                    "_STACKED_ELEMENTS": 16, "_CHUNK": 3},
+                    "_STACKED_ELEMENTS": 16, "_CHUNK": 3, "_MAX_CHUNK": 3},
+    "growing_chunks": {"_CHUNK": 1, "_MAX_CHUNK": 4},
 }
 
 
@@ -170,6 +171,124 @@ def test_every_layer_form_matches_reference(name: str, form: str,
     for kind in ("exact", "empirical"):
         ours = diagonal_fisher(model, batches(x, y, 4), kind=kind)
         assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
+
+
+def pbu_like() -> nn.Module:
+    """The official PBU ResNet's layer shapes in small: 1-channel 7x7 stride-2 stem, max-pooling,
+    then maps of 3x3 (L = 9), 2x2 (L = 4) and 1x1 (L = 1) with strides, padding, groups, a 1x1
+    stride-2 shortcut, GroupNorm next to BatchNorm, and a Linear head."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 6, 7, 2, 3, bias=False), nn.BatchNorm2d(6),
+                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+            self.a = nn.Conv2d(6, 8, 3, 1, 1, bias=False)                  # 3x3 -> 3x3
+            self.gn = nn.GroupNorm(2, 8)
+            self.b = nn.Conv2d(8, 8, 3, 2, 1, groups=2)                     # 3x3 -> 2x2
+            self.bn = nn.BatchNorm2d(8)
+            self.short = nn.Conv2d(6, 8, 1, 2, bias=False)                  # 3x3 -> 2x2
+            self.c = nn.Conv2d(8, 12, 3, 2, 1)                              # 2x2 -> 1x1
+            self.d = nn.Conv2d(12, 12, 3, 1, 1, groups=3, bias=False)       # 1x1 -> 1x1
+            self.head = nn.Linear(12, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            r = self.bn(self.b(torch.relu(self.gn(self.a(h))))) + self.short(h)
+            h = torch.relu(self.d(torch.relu(self.c(torch.relu(r)))))
+            return self.head(h.flatten(1))
+
+    return randomise_batchnorm(Net())
+
+
+SMALL_MODELS["pbu_like"] = (pbu_like, (1, 11, 11))
+
+
+@pytest.mark.parametrize("form", ["auto", "direct", "pairwise"])
+def test_pbu_like_layers_match_reference_in_every_form(form: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pairwise form at L = 9, 4 and 1 (with padding, strides and groups) against brute force.
+
+    "auto" is the cost model's own choice per layer; the others force one form everywhere.
+    """
+    if form != "auto":
+        monkeypatch.setattr(fisher, "_FORCE_PAIRWISE", form == "pairwise")
+    chosen = {}
+    make = fisher._AffineLayer.__init__
+
+    def spy(self: fisher._AffineLayer, names: dict[str, str], *args: object, **kw: object
+            ) -> None:
+        make(self, names, *args, **kw)
+        chosen[names.get("weight")] = (self.features.shape[-1], self.gram)
+
+    monkeypatch.setattr(fisher._AffineLayer, "__init__", spy)
+    model, x, y = small_case("pbu_like", n=9)
+    for kind in ("exact", "empirical"):
+        ours = diagonal_fisher(model, batches(x, y, 4), kind=kind)
+        assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
+    positions = {name.split(".")[0]: p for name, (p, _) in chosen.items() if name}
+    assert positions == {"stem": 36, "a": 9, "b": 4, "short": 4, "c": 1, "d": 1, "head": 1}
+    if form != "auto":
+        assert all(gram == (form == "pairwise") for _, gram in chosen.values())
+
+
+def group_norms() -> nn.Module:
+    """GroupNorm on 2-d maps, on Conv1d sequences and on flat (N, C) features."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv2d(8, 6, 3, 2, 1),
+        nn.GroupNorm(1, 6, eps=1e-3), nn.Tanh(), nn.Flatten(2), nn.Conv1d(6, 6, 2, groups=3),
+        nn.GroupNorm(3, 6), nn.Flatten(), nn.Linear(6 * 3, 8), nn.GroupNorm(2, 8), nn.Tanh(),
+        nn.Linear(8, CLASSES))
+
+
+SMALL_MODELS["group_norms"] = (group_norms, (3, 8, 8))
+
+
+def test_group_norm_is_on_the_fast_path_and_exact(caplog: pytest.LogCaptureFixture) -> None:
+    model, x, y = small_case("group_norms", n=7)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    assert not fisher._statically_slow(model, dict(model.named_parameters()))
+    with caplog.at_level("INFO", logger=fisher.__name__):
+        for kind in ("exact", "empirical"):
+            ours = diagonal_fisher(model, batches(x, y, 4), kind=kind)
+            assert relative_error(ours, reference_fisher(model, x, y, kind=kind)) < 1e-10
+    assert "generic path" not in caplog.text
+
+
+def test_pbu_like_in_float32_matches_float64() -> None:
+    """The pairwise form's float32 sums stay within 1e-5 of the float64 result."""
+    model, x, y = small_case("pbu_like", n=16)
+    exact64 = diagonal_fisher(model, batches(x, y, 8))
+    ours32 = diagonal_fisher(model.float(), batches(x.float(), y, 8))
+    assert relative_error(ours32, exact64) < 1e-5
+
+
+@pytest.mark.parametrize(("d_in", "d_out", "positions", "pairs", "pairwise"), [
+    (512, 10, 1, 1.0, True),          # a Linear head
+    (4608, 512, 1, 1 / 9, True),      # 3x3 conv on a 1x1 map: only the centre tap is real
+    (2304, 256, 4, 26 / 9, True),     # 3x3 conv on 2x2 maps
+    (1152, 128, 16, 69.8, True),      # 3x3 conv on 4x4 maps
+    (576, 64, 49, 833.4, False),      # 3x3 conv on 7x7 maps: per-sample products win
+    (49, 64, 196, 15075.6, False),    # PBU's 7x7 stride-2 stem on 28x28 inputs
+])
+def test_cost_model_picks_pairwise_on_few_positions(d_in: int, d_out: int, positions: int,
+                                                    pairs: float, pairwise: bool) -> None:
+    direct, gram = fisher._form_costs(d_out, d_in, positions, pairs, rank=9, itemsize=4)
+    assert (gram <= direct) == pairwise
+
+
+def test_cost_model_counts_only_real_pairs() -> None:
+    """Zero-padding taps drop out: a 3x3 conv on a 1x1 map has one real tap, one pair."""
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    a = torch.randn(2, 4, 1, 1)
+    valid = fisher._unfold(conv, a.new_ones(1, 1, 1, 1))[0] > 0
+    assert valid.tolist() == [[False]] * 4 + [[True]] + [[False]] * 4
+    features = fisher._unfold(conv, a).view(2, 1, -1, 1)
+    assert fisher._pairwise_is_cheaper(features, valid, d_out=4, rank=9)
 
 
 class Reused(nn.Module):
@@ -316,6 +435,23 @@ def test_small_models_match_backpack(name: str) -> None:
     model, x, y = small_case(name)
     ref = backpack_diag_ggn_exact(model, x, y)
     assert relative_error(diagonal_fisher(model, [(x, y)]), ref) < 1e-10
+
+
+def resnet18_pbu() -> nn.Module:
+    """The official PBU code's model: 1-channel 7x7 stride-2 stem, max-pooling kept."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return randomise_batchnorm(model).eval()
+
+
+def test_pbu_resnet18_matches_backpack() -> None:
+    torch.manual_seed(0)
+    model = resnet18_pbu()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    ref = backpack_diag_ggn_exact(model, x, y, converter=True)
+    assert relative_error(diagonal_fisher(model, batches(x, y, 4)), ref) < 1e-5
 
 
 def test_resnet18_matches_backpack() -> None:

@@ -17,7 +17,7 @@ Per layer the cheapest exact form is picked from its shape: large stride-1 convo
 per-sample weight gradients from the convolution library itself (samples folded into
 groups); other convolutions and Linear layers multiply unfolded inputs by output gradients
 block by block, or, with few output positions, use a pairwise (Gram) form whose single
-matmul serves all backward vectors at once. Normalisation layers are closed-form.
+matmul serves all backward vectors at once. Normalisation layers (eval BatchNorm, LayerNorm, GroupNorm) are closed-form.
 
 Parameters whose layer type or use the fast path cannot prove correct (unknown modules,
 parameters owned by a container, shared or re-used weights) go through a generic
@@ -45,6 +45,13 @@ KINDS = ("exact", "mc", "empirical")
 # Samples per forward pass: big enough for efficient batched convolutions, small enough that
 # recorded activations, unfolded inputs and the graph stay well under 1 GiB for ResNet-18.
 _CHUNK = 32
+# Models whose per-sample state is small (few, small feature maps, like the official PBU
+# ResNet-18 on 28x28 inputs) get chunks of up to _MAX_CHUNK samples: wider matmuls in the
+# backward passes. A chunk doubles while its estimated bytes (recorded inputs, unfolded
+# columns, kept output gradients and the autograd graph) stay under _CHUNK_BYTES; the
+# small-input ResNet-18 (~10 MiB a sample) stays at _CHUNK.
+_MAX_CHUNK = 128
+_CHUNK_BYTES = 256 << 20
 # Elements per block of per-sample weight gradients: 2 MiB in float32 stays in cache between
 # the matmul that writes it and the squaring that reads it back.
 _BLOCK_ELEMENTS = 1 << 19
@@ -57,9 +64,13 @@ _ROW_BLOCK_ELEMENTS = 1 << 21
 # Elements per matmul operand built for the pairwise form: big enough for an efficient
 # matmul, small enough to stay under the allocator's size for reusing freed memory.
 _OPERAND_ELEMENTS = 1 << 22
-# The direct form's squaring pass costs about this many multiply-adds per gradient element
-# (it is memory-bound); it decides when the pairwise form wins.
-_SQUARE_COST = 32
+# Machine balance of the cost model that picks a layer's form: floating-point operations
+# worth one byte moved through memory. A 2-core CPU does ~100 GFLOP/s in float32 matmuls and
+# streams blocks of a few MiB at ~25 GB/s, so about 4. Only ratios between forms matter, and
+# on ResNet-18 (small-input and PBU stems) every layer's choice holds from 2 to 8.
+_FLOPS_PER_BYTE = 4.0
+# Tests force a form on every layer with True (pairwise) or False (direct); None: cost model.
+_FORCE_PAIRWISE: bool | None = None
 # From this many output positions on, a stride-1 convolution's per-sample weight gradients
 # come faster from the convolution library's own kernel than from unfold + matmul.
 _CONV_FORM_POSITIONS = 196
@@ -137,23 +148,36 @@ def _run(model: nn.Module, loader: Iterable, *, params: dict[str, nn.Parameter],
          generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     sums = {name: torch.zeros_like(p, memory_format=torch.contiguous_format)
             for name, p in params.items()}
-    count = 0
+    count, chunk = 0, _CHUNK
     with _Recorder(model, params, slow) as recorder:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for start in range(0, len(x), _CHUNK):
-                xs, ys = x[start:start + _CHUNK], y[start:start + _CHUNK]
-                _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow, kind=kind,
-                                  mc_samples=mc_samples, generator=generator)
+            start = 0
+            while start < len(x):
+                xs, ys = x[start:start + chunk], y[start:start + chunk]
+                per_sample = _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow,
+                                               kind=kind, mc_samples=mc_samples,
+                                               generator=generator)
+                start += len(xs)
                 count += len(xs)
+                chunk = _chunk_size(per_sample)
     if count == 0:
         raise ValueError("cannot compute a Fisher over an empty loader")
     return {name: total / count for name, total in sums.items()}
 
 
+def _chunk_size(per_sample: float) -> int:
+    """Samples per forward pass from the bytes one sample held in the last chunk."""
+    chunk = _CHUNK
+    while chunk * 2 <= _MAX_CHUNK and chunk * 2 * per_sample <= _CHUNK_BYTES:
+        chunk *= 2
+    return chunk
+
+
 def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y: torch.Tensor,
                       *, sums: dict[str, torch.Tensor], slow: set[str], kind: str,
-                      mc_samples: int, generator: torch.Generator | None) -> None:
+                      mc_samples: int, generator: torch.Generator | None) -> float:
+    """Adds the chunk's summed squares to ``sums``; returns the bytes held per sample."""
     with torch.enable_grad():
         recorder.start()
         logits = model(x)
@@ -165,6 +189,10 @@ def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y:
     vectors = _output_vectors(logits.detach(), y, kind=kind, mc_samples=mc_samples,
                               generator=generator)
     layers = recorder.layers(logits, rank=len(vectors))
+    # Each layer's recorded input twice (its own copy or columns, and the graph's saved
+    # tensors) and, where a form keeps them to the end, the r output gradients.
+    per_sample = float("inf") if slow else sum(
+        layer.held_bytes(len(vectors)) for layer in layers) / max(1, len(x))
     if layers and logits.requires_grad:
         edges = [layer.edge for layer in layers]
         for k, vector in enumerate(vectors):
@@ -178,6 +206,7 @@ def _accumulate_chunk(model: nn.Module, recorder: _Recorder, x: torch.Tensor, y:
     del logits, layers
     if slow:
         _generic_chunk(model, sorted(slow), x, vectors, sums)
+    return per_sample
 
 
 def _output_vectors(logits: torch.Tensor, y: torch.Tensor, *, kind: str, mc_samples: int,
@@ -224,7 +253,7 @@ def _fast_module(module: nn.Module) -> bool:
     kind = type(module)
     if kind in (nn.Conv1d, nn.Conv2d):
         return module.padding_mode == "zeros" and not isinstance(module.padding, str)
-    return kind in (nn.Linear, nn.LayerNorm) or _is_eval_batchnorm(module)
+    return kind in (nn.Linear, nn.LayerNorm, nn.GroupNorm) or _is_eval_batchnorm(module)
 
 
 def _statically_slow(model: nn.Module, params: dict[str, nn.Parameter]) -> set[str]:
@@ -245,6 +274,7 @@ class _Record:
         self.calls = 0
         self.input: torch.Tensor | None = None
         self.edge: GradientEdge | None = None
+        self.output_bytes = 0
 
 
 class _Recorder:
@@ -288,6 +318,7 @@ class _Recorder:
         if record.calls == 1 and args and isinstance(args[0], torch.Tensor) \
                 and isinstance(output, torch.Tensor) and output.requires_grad:
             record.input = args[0].detach()
+            record.output_bytes = output.numel() * output.element_size()
             # Taken now, before any in-place op (ReLU(inplace=True), +=) rebases the output.
             record.edge = get_gradient_edge(output)
 
@@ -358,6 +389,15 @@ def _input_fits(module: nn.Module, a: torch.Tensor | None) -> bool:
 
 class _Layer:
     edge: GradientEdge
+    input_bytes = 0     # of the recorded input
+    output_bytes = 0    # of one output gradient
+
+    def held_bytes(self, rank: int) -> int:
+        """Bytes this layer holds during a chunk, its input counted twice (own copy + graph)."""
+        return 2 * self.input_bytes + self.output_bytes * (rank if self.keeps_grads() else 0)
+
+    def keeps_grads(self) -> bool:
+        return False
 
     def accumulate(self, grad: torch.Tensor) -> None:
         """Add sum over samples of squared per-sample gradients for one backward vector."""
@@ -372,7 +412,8 @@ def _make_layer(module: nn.Module, names: dict[str, str], record: _Record, rank:
     if isinstance(module, nn.Linear):
         columns = _linear_columns(a)
         layer: _Layer = _AffineLayer(names, columns, rank=rank, to_positions=_linear_positions,
-                                     valid=columns.new_ones(1, columns.shape[-1], dtype=bool))
+                                     valid=columns.new_ones(1, columns.shape[-1], dtype=bool),
+                                     d_out=module.out_features)
     elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if "weight" in names and _conv_form_fits(module, a):
             layer = _ConvLayer(names, module, a)
@@ -381,13 +422,20 @@ def _make_layer(module: nn.Module, names: dict[str, str], record: _Record, rank:
             # Which (tap, position) entries read real input rather than zero padding.
             valid = _unfold(module, a.new_ones(1, 1, *a.shape[2:]))[0] > 0
             layer = _AffineLayer(names, columns, rank=rank, to_positions=_conv_positions,
-                                 valid=valid)
+                                 valid=valid, d_out=module.out_channels // module.groups)
     elif isinstance(module, nn.LayerNorm):
         layer = _NormLayer(names, _layer_norm_hat(module, a),
                            layout=_features_last(math.prod(module.normalized_shape)))
+    elif isinstance(module, nn.GroupNorm):
+        # Per-sample statistics: x_hat is the affine-free GroupNorm of the recorded input.
+        layer = _NormLayer(names, F.group_norm(a, module.num_groups, eps=module.eps),
+                           layout=_channels_first)
     else:
         layer = _NormLayer(names, _batch_norm_hat(module, a), layout=_channels_first)
     layer.edge = record.edge
+    layer.input_bytes = max(a.numel() * a.element_size(), sum(
+        t.numel() * t.element_size() for t in (getattr(layer, "features", None),) if t is not None))
+    layer.output_bytes = record.output_bytes
     return layer
 
 
@@ -463,6 +511,9 @@ class _ConvLayer(_Layer):
         self.grads: list[torch.Tensor] = []
         self.bias_sum: torch.Tensor | None = None
 
+    def keeps_grads(self) -> bool:
+        return self.weight is not None
+
     def accumulate(self, grad: torch.Tensor) -> None:
         if self.bias is not None:
             self.bias_sum = _add(self.bias_sum, _bias_squares(grad))
@@ -511,18 +562,20 @@ class _AffineLayer(_Layer):
 
     def __init__(self, names: dict[str, str], features: torch.Tensor, *, rank: int,
                  to_positions: Callable[[torch.Tensor, int], torch.Tensor],
-                 valid: torch.Tensor) -> None:
+                 valid: torch.Tensor, d_out: int) -> None:
         self.weight, self.bias = names.get("weight"), names.get("bias")
         self.features = features                      # (N, G, D_in, P)
         self.groups = features.shape[1]
         self.to_positions = to_positions
         self.valid = valid                            # (taps, P): not zero padding
-        counts = valid.sum(1, dtype=torch.float64)
-        pairs = float((counts * (counts + 1) / 2).mean())
-        self.gram = pairs <= rank * (features.shape[-1] + _SQUARE_COST)
+        self.gram = _pairwise_is_cheaper(features, valid, d_out=d_out, rank=rank) \
+            if _FORCE_PAIRWISE is None else _FORCE_PAIRWISE
         self.weight_sum: torch.Tensor | None = None  # direct form: (G, D_out, D_in)
         self.grads: list[torch.Tensor] = []          # Gram form: each (N, G, D_out, P)
         self.bias_sum: torch.Tensor | None = None
+
+    def keeps_grads(self) -> bool:
+        return self.gram and self.weight is not None
 
     def accumulate(self, grad: torch.Tensor) -> None:
         g = self.to_positions(grad, self.groups)     # (N, G, D_out, P)
@@ -598,6 +651,38 @@ class _AffineLayer(_Layer):
             for i, tap in enumerate(tap_ids.tolist()):
                 total[..., tap] = part.view(groups, d_out, -1, channels)[:, :, i]
         return total
+
+
+def _form_costs(d_out: int, d_in: int, positions: int, pairs: float, rank: int,
+                itemsize: int) -> tuple[float, float]:
+    """(direct, pairwise) cost per sample and group, in FLOPs plus bytes x _FLOPS_PER_BYTE.
+
+    Direct: r matmuls (D_out x P) @ (P x D_in), then the r weight-sized products are written,
+    read and written by the squaring, and read by the sum over samples: four passes.
+    Pairwise: K = sum_k g_k g_k^T (r products of P x P per output row), then one contraction
+    over the real position pairs of (D_out x pairs) and (pairs x D_in); its operands are
+    gathered from K and from products of input pairs: about four passes over each.
+    """
+    weight = d_out * d_in
+    direct = 2 * rank * weight * positions + _FLOPS_PER_BYTE * 4 * itemsize * rank * weight
+    gram = (2 * rank * d_out * positions ** 2 + 2 * weight * pairs
+            + _FLOPS_PER_BYTE * itemsize * (d_out * positions ** 2
+                                            + 4 * pairs * (d_in + d_out)))
+    return direct, gram
+
+
+def _pairwise_is_cheaper(features: torch.Tensor, valid: torch.Tensor, *, d_out: int,
+                         rank: int) -> bool:
+    """Pick the form from the layer's shape (never by timing, so results never depend on it).
+
+    ``pairs``: mean over kernel taps of the (p, q) position pairs, p <= q, both reading real
+    input rather than zero padding: what the pairwise contraction actually multiplies.
+    """
+    _, _, d_in, positions = features.shape
+    counts = valid.sum(1, dtype=torch.float64)
+    pairs = float((counts * (counts + 1) / 2).mean())
+    direct, gram = _form_costs(d_out, d_in, positions, pairs, rank, features.element_size())
+    return gram <= direct
 
 
 def _tap_groups(valid: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
