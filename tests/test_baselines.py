@@ -184,7 +184,7 @@ def test_incompetent_teacher_shares_no_weights_with_the_original_or_imagenet(
 
 
 def test_logit_mask_silences_the_forget_class_and_changes_nothing_else(digits_data, original):
-    x, y = digits_data.test.tensors
+    x, _ = digits_data.test.tensors
     model = LogitMask().unlearn(copy.deepcopy(original), UnlearningTask(
         forget_classes=(2,), num_classes=10, forget_loader=None, retain_loader=None,
         device=torch.device("cpu"), seed=0))
