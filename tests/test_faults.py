@@ -1,7 +1,6 @@
 """Runs that survive what machines do, and keys that see everything that changes a result."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import torch
 
 from bench import cli
 from bench.harness.cache import ModelCache
-from bench.harness.store import append_record, read_records, repair_tail
+from bench.harness.store import append_record, read_records
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -73,25 +72,6 @@ def _computed(folder: Path, before: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------ store and cache
-
-
-def test_complete_last_record_without_newline_is_kept(tmp_path):
-    path = tmp_path / "runs.jsonl"
-    append_record(path, {"cell": "a", "config_hash": "1"})
-    with path.open("ab") as f:
-        f.write(json.dumps({"cell": "b", "config_hash": "2"}).encode())
-    repair_tail(path)
-    assert [r["cell"] for r in read_records(path)] == ["a", "b"]
-    assert path.read_bytes().endswith(b"\n")
-
-
-def test_half_written_last_record_is_dropped(tmp_path):
-    path = tmp_path / "runs.jsonl"
-    append_record(path, {"cell": "a", "config_hash": "1"})
-    with path.open("ab") as f:
-        f.write(b'{"cell": "b", "conf')
-    repair_tail(path)
-    assert [r["cell"] for r in read_records(path)] == ["a"]
 
 
 def test_lines_that_are_not_records_are_skipped_with_a_warning(tmp_path, caplog):
