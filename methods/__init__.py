@@ -21,8 +21,32 @@ from methods.registry import (
     register_method,
 )
 from methods.retrain import Retrain
+from methods.boundary_shrink import BoundaryShrink
+from methods.cf_k import CFk
+from methods.eu_k import EUk
+from methods.fisher_forgetting import FisherForgetting
+from methods.gradient_ascent import GradientAscent
+from methods.influence_unlearning import InfluenceUnlearning
+from methods.l1_sparse import L1Sparse
+from methods.neggrad_plus import NegGradPlus
+from methods.random_labels import RandomLabels
+from methods.salun import SalUn
+from methods.scrub import SCRUB
+from methods.ssd import SSD
 
 __all__ = [
+    "BoundaryShrink",
+    "CFk",
+    "EUk",
+    "FisherForgetting",
+    "GradientAscent",
+    "InfluenceUnlearning",
+    "L1Sparse",
+    "NegGradPlus",
+    "RandomLabels",
+    "SalUn",
+    "SCRUB",
+    "SSD",
     "DATA_NEEDS",
     "ENTRY_POINT_GROUP",
     "METHODS",
