@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import chain_passes, sgd, train_epochs
+from methods.loops import SGDSteps, chain_passes, train_epochs
 from methods.registry import register_method
 
 
 @register_method("boundary_shrink", label="Boundary Shrink")
 @dataclass(kw_only=True)
-class BoundaryShrink(UnlearningMethod):
+class BoundaryShrink(SGDSteps, UnlearningMethod):
     """Boundary Shrink (Chen et al., "Boundary Unlearning", CVPR 2023; code: the authors'
     ``boundary_unlearning.py`` and OPTML-Group/Unlearn-Saliency
     ``Classification/unlearn/boundary_sh.py``).
@@ -42,11 +42,11 @@ class BoundaryShrink(UnlearningMethod):
     bound: float = 0.1
     lr: float = 1e-5
     epochs: int = 10
-    momentum: float = 0.9
     weight_decay: float = 0.0
 
     def validate(self) -> None:
-        require_positive(self, "bound", "lr", "epochs")
+        super().validate()
+        require_positive(self, "bound")
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         original = copy.deepcopy(model).eval().requires_grad_(False)
@@ -55,9 +55,8 @@ class BoundaryShrink(UnlearningMethod):
             x, y = batch
             return F.cross_entropy(model(x), self.targets(original, x, y))
 
-        optimizer = sgd(model.parameters(), self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
-        return train_epochs(model, chain_passes(task.forget_loader), loss_fn, optimizer,
+        return train_epochs(model, chain_passes(task.forget_loader), loss_fn,
+                            self.sgd_optimizer(model),
                             epochs=self.epochs, task=task)
 
     def targets(self, original: torch.nn.Module, x: torch.Tensor, y: torch.Tensor

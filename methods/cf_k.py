@@ -6,7 +6,13 @@ from dataclasses import dataclass
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import ce_loss, chain_passes, freeze_all_but, last_layers, train_epochs
+from methods.loops import (
+    ce_loss,
+    chain_passes,
+    freeze_all_but,
+    last_layers,
+    train_epochs,
+)
 from methods.registry import register_method
 from methods.training import TrainRecipe, make_optimizer
 

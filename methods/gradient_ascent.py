@@ -5,14 +5,14 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import ce_loss, chain_passes, sgd, train_epochs
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.loops import SGDSteps, ce_loss, chain_passes, train_epochs
 from methods.registry import register_method
 
 
 @register_method("gradient_ascent", label="NegGrad (GA)")
 @dataclass(kw_only=True)
-class GradientAscent(UnlearningMethod):
+class GradientAscent(SGDSteps, UnlearningMethod):
     """NegGrad / gradient ascent (Golatkar et al., "Eternal Sunshine of the Spotless Net",
     CVPR 2020; code: OPTML-Group/Unlearn-Sparse ``unlearn/GA.py``): SGD steps that *increase*
     the cross-entropy of the forget samples, model in train mode, forget data only.
@@ -31,17 +31,10 @@ class GradientAscent(UnlearningMethod):
 
     lr: float = 1e-4
     epochs: int = 5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def validate(self) -> None:
-        require_positive(self, "lr", "epochs")
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
-        optimizer = sgd(model.parameters(), self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
         return train_epochs(model, chain_passes(task.forget_loader), ce_loss(model, -1.0),
-                            optimizer, epochs=self.epochs, task=task)
+                            self.sgd_optimizer(model), epochs=self.epochs, task=task)
 
     def estimate_passes(self, shape: CellShape) -> float:
         return 3.0 * self.epochs * shape.n_forget

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import chain_passes, sgd, train_epochs
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.loops import SGDSteps, chain_passes, train_epochs
 from methods.registry import register_method
 
 
 @register_method("l1_sparse", label="l1-sparse")
 @dataclass(kw_only=True)
-class L1Sparse(UnlearningMethod):
+class L1Sparse(SGDSteps, UnlearningMethod):
     """l1-sparse unlearning (Jia et al., "Model Sparsity Can Simplify Machine Unlearning",
     NeurIPS 2023; code: OPTML-Group/Unlearn-Sparse ``unlearn/FT.py``, ``FT_l1``): SGD on the
     retain set minimising CE + alpha_t * ||theta||_1 over all parameters, with the linear
@@ -30,13 +30,9 @@ class L1Sparse(UnlearningMethod):
     needs = frozenset({"retain"})
 
     alpha: float = 5e-4
-    lr: float = 0.01
-    epochs: int = 10
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def validate(self) -> None:
-        require_positive(self, "lr", "epochs")
+        super().validate()
         if self.alpha < 0:
             raise ValueError(f"alpha={self.alpha}: must be at least 0")
 
@@ -48,9 +44,8 @@ class L1Sparse(UnlearningMethod):
             l1 = sum(p.abs().sum() for p in params)
             return F.cross_entropy(model(x), y) + self.penalty(epoch) * l1
 
-        optimizer = sgd(params, self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
-        return train_epochs(model, chain_passes(task.retain_loader), loss_fn, optimizer,
+        return train_epochs(model, chain_passes(task.retain_loader), loss_fn,
+                            self.sgd_optimizer(model),
                             epochs=self.epochs, task=task)
 
     def penalty(self, epoch: int) -> float:

@@ -8,11 +8,14 @@ gradients, back-propagate, optionally mask the gradients, step, optionally post-
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from methods.base import require_positive
 
 Batch = Any  # a tensor or a (nested) tuple of tensors; moved to the device as a whole
 LossFn = Callable[[Batch, int], torch.Tensor]  # (batch on device, epoch) -> scalar loss
@@ -22,6 +25,28 @@ def sgd(params: Iterable[nn.Parameter], lr: float, *, momentum: float = 0.9,
         weight_decay: float = 5e-4) -> torch.optim.SGD:
     """SGD with the momentum and weight decay of the Unlearn-Sparse / SalUn / SCRUB code."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@dataclass(kw_only=True)
+class SGDSteps:
+    """Mixin of the hyperparameters every SGD-trained method has (a method redeclares a field
+    to change its default): lr, epochs, momentum 0.9 and weight decay 5e-4 (the
+    Unlearn-Sparse / SalUn / SCRUB optimiser)."""
+
+    lr: float = 0.01
+    epochs: int = 10
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def validate(self) -> None:
+        require_positive(self, "lr", "epochs")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"momentum={self.momentum}, weight_decay={self.weight_decay}: "
+                             "momentum must be in [0, 1) and weight_decay at least 0")
+
+    def sgd_optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        return sgd(model.parameters(), self.lr, momentum=self.momentum,
+                   weight_decay=self.weight_decay)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -145,3 +170,36 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[nn.Module]) -> list[nn.
     for module in frozen:
         module.requires_grad_(False)
     return frozen
+
+
+def mixed_batches(major: Iterable, minor: Iterable, *, generator: torch.Generator
+                  ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over the union of two loaders in mixed batches: each batch of ``major`` plus
+    its share of ``minor``'s rows (in proportion to the loaders' lengths), rows shuffled, so
+    that batch statistics match those of a shuffled loader over the union (SSD's importance
+    on the full training set); minor rows left over come last. Holds one batch of each."""
+    ratio = len(minor) / max(len(major), 1)
+    rest = iter(minor)
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    owed = 0.0
+    for x, y in major:
+        owed += ratio * len(y)
+        parts = [(x, y)]
+        while owed >= 1:
+            if not pending:
+                nxt = next(rest, None)
+                if nxt is None:
+                    break
+                pending.append(nxt)
+            px, py = pending.pop()
+            take = min(int(owed), len(py))
+            parts.append((px[:take], py[:take]))
+            if take < len(py):
+                pending.append((px[take:], py[take:]))
+            owed -= take
+        xs = torch.cat([p[0] for p in parts])
+        ys = torch.cat([p[1] for p in parts])
+        order = torch.randperm(len(ys), generator=generator).to(ys.device)
+        yield xs[order], ys[order]
+    for px, py in [*pending, *rest]:
+        yield px, py

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import sgd, train_epochs
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.loops import SGDSteps, train_epochs
 from methods.mixing import take_batches
 from methods.registry import register_method
 
 
 @register_method("neggrad_plus", label="NegGrad+")
 @dataclass(kw_only=True)
-class NegGradPlus(UnlearningMethod):
+class NegGradPlus(SGDSteps, UnlearningMethod):
     """NegGrad+ (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023; code:
     meghdadk/SCRUB, the ``negative_grad`` baseline): each step takes one retain batch and one
     forget batch and minimises alpha * CE(retain) - (1 - alpha) * CE(forget); train mode.
@@ -35,11 +35,9 @@ class NegGradPlus(UnlearningMethod):
     alpha: float = 0.999
     lr: float = 0.01
     epochs: int = 5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def validate(self) -> None:
-        require_positive(self, "lr", "epochs")
+        super().validate()
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha}: allowed [0, 1]")
 
@@ -54,9 +52,9 @@ class NegGradPlus(UnlearningMethod):
             return (self.alpha * F.cross_entropy(model(xr), yr)
                     - (1 - self.alpha) * F.cross_entropy(model(xf), yf))
 
-        optimizer = sgd(model.parameters(), self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
-        return train_epochs(model, batches, loss_fn, optimizer, epochs=self.epochs, task=task)
+        return train_epochs(model, batches, loss_fn, self.sgd_optimizer(model),
+                            epochs=self.epochs,
+                            task=task)
 
     def estimate_passes(self, shape: CellShape) -> float:
         return 6.0 * self.epochs * shape.n_retain

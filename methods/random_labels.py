@@ -5,15 +5,21 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import (ce_loss, chain_passes, other_classes, relabelled, sgd,
-                           train_epochs)
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.loops import (
+    SGDSteps,
+    ce_loss,
+    chain_passes,
+    other_classes,
+    relabelled,
+    train_epochs,
+)
 from methods.registry import register_method
 
 
 @register_method("random_labels", label="Random labels")
 @dataclass(kw_only=True)
-class RandomLabels(UnlearningMethod):
+class RandomLabels(SGDSteps, UnlearningMethod):
     """Random labelling (Graves et al., "Amnesiac Machine Learning", AAAI 2021; code:
     OPTML-Group/Unlearn-Sparse ``unlearn/RL.py`` and Unlearn-Saliency
     ``Classification/unlearn/RL.py``): each epoch first takes SGD steps on the forget batches
@@ -33,24 +39,15 @@ class RandomLabels(UnlearningMethod):
 
     needs = frozenset({"forget", "retain"})
 
-    lr: float = 0.01
-    epochs: int = 10
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def validate(self) -> None:
-        require_positive(self, "lr", "epochs")
-
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask,
                 grad_mask: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
         allowed = other_classes(task.num_classes, task.forget_classes)
         generator = torch.Generator().manual_seed(task.seed)
         batches = chain_passes(_Relabelled(task.forget_loader, allowed, generator),
                                task.retain_loader)
-        optimizer = sgd(model.parameters(), self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
         kwargs = {} if grad_mask is None else _masked(model, grad_mask)
-        return train_epochs(model, batches, ce_loss(model), optimizer, epochs=self.epochs,
+        return train_epochs(model, batches, ce_loss(model), self.sgd_optimizer(model),
+                            epochs=self.epochs,
                             task=task, **kwargs)
 
     def estimate_passes(self, shape: CellShape) -> float:

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.loops import distill_kl, run_pass, set_train, sgd
+from methods.loops import SGDSteps, distill_kl, run_pass, set_train
 from methods.registry import register_method
 
 
 @register_method("scrub", label="SCRUB")
 @dataclass(kw_only=True)
-class SCRUB(UnlearningMethod):
+class SCRUB(SGDSteps, UnlearningMethod):
     """SCRUB (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023; code:
     meghdadk/SCRUB, ``small_scale_unlearning.ipynb`` and ``repdistiller/loops.py``).
 
@@ -48,19 +48,17 @@ class SCRUB(UnlearningMethod):
     gamma: float = 0.99
     alpha: float = 0.001
     kd_temperature: float = 4.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def validate(self) -> None:
-        require_positive(self, "epochs", "lr", "kd_temperature")
+        super().validate()
+        require_positive(self, "kd_temperature")
         if self.msteps < 0 or self.gamma < 0 or self.alpha < 0:
             raise ValueError(f"msteps={self.msteps}, gamma={self.gamma}, alpha={self.alpha}: "
                              "must be at least 0")
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = sgd(model.parameters(), self.lr, momentum=self.momentum,
-                        weight_decay=self.weight_decay)
+        optimizer = self.sgd_optimizer(model)
 
         def kl(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
