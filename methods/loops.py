@@ -175,10 +175,12 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[nn.Module]) -> list[nn.
 def mixed_batches(major: Iterable, minor: Iterable, *, generator: torch.Generator
                   ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over the union of two loaders in mixed batches: each batch of ``major`` plus
-    its share of ``minor``'s rows (in proportion to the loaders' lengths), rows shuffled, so
+    its share of ``minor``'s rows (in proportion to the loaders' sizes), rows shuffled, so
     that batch statistics match those of a shuffled loader over the union (SSD's importance
     on the full training set); minor rows left over come last. Holds one batch of each."""
-    ratio = len(minor) / max(len(major), 1)
+    sizes = [getattr(loader, "num_samples", None) for loader in (major, minor)]
+    ratio = (sizes[1] / max(sizes[0], 1) if None not in sizes   # in samples where known,
+             else len(minor) / max(len(major), 1))               # else in batches
     rest = iter(minor)
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
     owed = 0.0
