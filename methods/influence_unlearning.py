@@ -28,7 +28,8 @@ class InfluenceUnlearning(UnlearningMethod):
     ``methods.fisher.diagonal_fisher`` is not used.
 
     Args:
-        alpha: step scale, 10 (Unlearn-Sparse's class-wise CIFAR-10 script, ``--alpha 10``).
+        alpha: step scale, 10 (a CIFAR-10 script built on Unlearn-Sparse, ``--alpha 10`` for
+            22,500 forgotten samples; the Unlearn-Sparse README leaves ``${alpha}`` open).
 
     Deviation: the official code uses retain batches of 32 (ours: the harness's 64) and
     forget batches of 128 (the mean gradient is the same).

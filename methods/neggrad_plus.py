@@ -20,9 +20,10 @@ class NegGradPlus(SGDSteps, UnlearningMethod):
     forget batch and minimises alpha * CE(retain) - (1 - alpha) * CE(forget); train mode.
 
     Args:
-        alpha: weight of the retain term, 0.999 (the SCRUB repository's NegGrad+ setting).
-        lr: SGD learning rate, 0.01 (the NegGrad+ command of the SCRUB-derived benchmarks that
-            use Unlearn-Sparse's driver: ``--unlearn NG --unlearn_lr 0.01 --unlearn_epochs 5``).
+        alpha: weight of the retain term, 0.999 (the SCRUB repository's NegGrad+ setting as
+            we recall it; not re-checked against the repository for this port).
+        lr: SGD learning rate, 0.01 (the NegGrad+ command of a benchmark built on
+            Unlearn-Sparse's driver: ``--unlearn NG --unlearn_lr 0.01 --unlearn_epochs 5``).
         epochs: passes over the retain set, 5 (same source).
         momentum, weight_decay: 0.9 and 5e-4 (SCRUB's SGD settings).
 

@@ -162,7 +162,9 @@ _ALL_METHODS_PARAMS: dict[str, dict[str, Any]] = {
     # ssd: no setting found that forgets every set. Mixed-batch importances, lambda 1: alpha 10
     # (default) to 50 wipe the model (A_Dr 12-60 %); 70: class 6 and the pair untouched (93-99 %),
     # class 8 at 48 % A_Dr; 100: classes 2 and 8 forgotten (gaps 1.0, 7.0), class 6 and the pair
-    # untouched; 300: nothing changes. Kept at 100 (a selection cliff, see the notes).
+    # untouched; 300: nothing changes. Kept at 100 (a selection cliff). With forget rows
+    # mixed in proportion to sample counts (final code, seeds 0-2): classes 2 and 6 forgotten
+    # (A_Dr 97.8, 98.1), class 8 forgotten at 73.9 A_Dr, the pair untouched (95.6 A_Df).
     "ssd": {"alpha": 100.0},
     # salun: lr 0.013 x 10 (default) leaves 6-26 % on single classes; lr 0.03 x 5: 0, gaps <= 1.0.
     "salun": {"lr": 0.03, "epochs": 5},
