@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _summary(doc: str | None, width: int = 90) -> str:
+    """The docstring's first sentence, on one line."""
+    text = " ".join((doc or "").split("\n\n")[0].split())
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[:width - 3] + "..."
+
+
 def _device(requested: str | None) -> str:
     import torch
 
@@ -240,8 +247,9 @@ def _main(argv: list[str] | None) -> int:
     load_plugins(args.plugin)
     if args.list_methods:
         for name in list_methods():
-            doc = (get_method(name).__doc__ or "").strip().splitlines()
-            print(f"{name:16s} {doc[0] if doc else ''}")
+            cls = get_method(name)
+            needs = ",".join(sorted(cls.needs)) or "-"
+            print(f"{name:22s} needs {needs:29s} {_summary(cls.__doc__)}")
         return 0
     _check_flags(args)
     # Absolute paths: Dask workers do not share this process's working directory.
