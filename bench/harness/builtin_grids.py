@@ -143,7 +143,7 @@ BUILTIN_GRIDS["paper"] = {
 # on seed 0, classes 2, 6, 8 and 2+6 (A_Df / A_Dr on the test split; retraining keeps ~99.4).
 ALL_METHODS = [*PAPER_METHODS, "pbu_official", "gradient_ascent", "neggrad_plus",
                "random_labels", "scrub", "ssd", "salun", "l1_sparse", "boundary_shrink", "cf_k",
-               "eu_k", "fisher_forgetting", "influence_unlearning"]
+               "eu_k", "fisher_forgetting", "influence_unlearning", *REFERENCE_METHODS]
 _ALL_METHODS_PARAMS: dict[str, dict[str, Any]] = {
     # gradient_ascent: the default (lr 1e-4, 5 epochs) leaves 56-77 % A_Df. lr 1e-3 for 7 epochs:
     # 1.9 / 3.7 / 3.8 / 0.0 A_Df, A_Dr gaps 0.0 / 0.8 / 1.6 / 7.9. The pair takes twice the
