@@ -166,7 +166,7 @@ def test_another_data_root_retrains_and_switching_back_computes_nothing(tmp_path
     assert len(_records(tmp_path)) == 2 * len(first)
 
 
-def test_a_method_whose_code_changed_is_recomputed(tmp_path, monkeypatch):
+def test_a_method_whose_code_changed_is_recomputed(tmp_path, monkeypatch, clean_registry):
     plugin = tmp_path / "killer.py"
     plugin.write_text(KILLER_PLUGIN.format(name="noop_v", marker=1).replace(
         "if 3 in task.forget_classes", "if False"))
@@ -206,7 +206,8 @@ def test_jobs_do_not_change_results(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ faults
 
 
-def test_a_dead_worker_becomes_an_error_record_and_the_grid_goes_on(tmp_path, monkeypatch):
+def test_a_dead_worker_becomes_an_error_record_and_the_grid_goes_on(tmp_path, monkeypatch,
+                                                                    clean_registry):
     plugin = tmp_path / "killer.py"
     plugin.write_text(KILLER_PLUGIN.format(name="killer", marker=1))
     _grid(tmp_path)
@@ -309,7 +310,7 @@ def test_render_only_skips_stale_records_and_says_so(tmp_path, monkeypatch, capl
     assert "-1.0" not in summary
 
 
-def test_a_plugin_runtime_fault_stays_a_cell_error(tmp_path, monkeypatch):
+def test_a_plugin_runtime_fault_stays_a_cell_error(tmp_path, monkeypatch, clean_registry):
     plugin = tmp_path / "raiser.py"
     plugin.write_text(textwrap.dedent('''
         from methods import UnlearningMethod, register_method
