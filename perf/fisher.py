@@ -107,9 +107,9 @@ def _compare_one(args: argparse.Namespace, model_name: str, engines: list[str],
                 print(f"  {engine:15s} FAILED: {' | '.join(tail)}")
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["fisher"] = torch.load(out) if out.exists() else None
+            result["fisher"] = torch.load(out, weights_only=True) if out.exists() else None
             if engine == "ours-exact":
-                exact_on_ref = torch.load(f"{out}.ref")
+                exact_on_ref = torch.load(f"{out}.ref", weights_only=True)
             results[engine] = result
             print(f"  {engine:15s} {result['ms']:8.1f} ms/sample ({result['median_ms']:8.1f}) "
                   f"on {result['samples']:3d} samples   peak RSS {result['peak_mib']:5.0f} MiB "
