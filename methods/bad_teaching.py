@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
-from methods.fast_effective import Rows, loader_rows, shuffled_batches
+from methods.mixing import Rows, loader_rows, shuffled_batches
 from methods.registry import register_method
 
 

@@ -1,19 +1,19 @@
 """Fast Yet Effective Machine Unlearning (UNSIR): error-maximising noise, impair, repair."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from methods.base import (
-    BatchLoader,
     CellShape,
     UnlearningMethod,
     UnlearningTask,
     require_positive,
 )
+from methods.mixing import Rows, balanced_rows, loader_rows, shuffled_batches
 from methods.registry import register_method
 
 
@@ -158,103 +158,6 @@ class FastEffective(UnlearningMethod):
             optimizer.step()
 
 
-# ------------------------------------------------------------------ row-level shuffling
-# Shared with Bad Teaching. (They would sit in methods/mixing.py, outside this change.)
-
-
-def loader_rows(loader: BatchLoader) -> int:
-    """A loader's sample count: exact for a torch ``DataLoader`` (``dataset``) or the bench's
-    in-memory batches (``y``) that keep their last batch; otherwise an upper bound, its length
-    times its first batch's size (``shuffled_batches`` tolerates a source that runs short)."""
-    if not getattr(loader, "drop_last", False):
-        for attr in ("dataset", "y"):
-            try:
-                return len(getattr(loader, attr))
-            except (AttributeError, TypeError):
-                continue
-    if len(loader) == 0:
-        return 0
-    return len(loader) * len(next(iter(loader))[1])
-
-
-class Rows:
-    """Rows drawn in order from a stream of (x, y) batches; ``take(n)`` gives up to ``n``."""
-
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                 device: torch.device) -> None:
-        self._batches = iter(batches)
-        self._device = device
-        self._x: torch.Tensor | None = None
-        self._y: torch.Tensor | None = None
-
-    def take(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pieces, have = [], 0
-        while have < n:
-            if self._x is None or len(self._x) == 0:
-                batch = next(self._batches, None)
-                if batch is None:
-                    break
-                self._x = batch[0].to(self._device, non_blocking=True)
-                self._y = batch[1].to(self._device, non_blocking=True)
-                continue
-            k = min(n - have, len(self._x))
-            pieces.append((self._x[:k], self._y[:k]))
-            self._x, self._y = self._x[k:], self._y[k:]
-            have += k
-        return pieces
-
-
-def shuffled_batches(sources: Sequence[Rows], counts: Sequence[int], *, batch_size: int,
-                     seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """What a shuffled DataLoader over the concatenation of the sources gives, streamed.
-
-    Each source contributes ``counts[i]`` rows (fewer if it runs out); which batch a row lands
-    in is a seeded uniform permutation of all rows, as long as each source's own rows come in
-    random order (a shuffled loader). Yields (x, y, source index per row); every batch holds
-    exactly ``batch_size`` rows except the last. Holds at most two batches of rows at a time.
-    """
-    slots = torch.cat([torch.full((c,), i, dtype=torch.int64) for i, c in enumerate(counts)])
-    slots = slots[torch.randperm(len(slots), generator=torch.Generator().manual_seed(seed))]
-    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    have = 0
-    for start in range(0, len(slots), batch_size):
-        per_source = torch.bincount(slots[start:start + batch_size], minlength=len(sources))
-        for i, k in enumerate(per_source.tolist()):
-            for x, y in sources[i].take(k) if k else ():
-                pending.append((x, y, torch.full((len(x),), i, dtype=torch.int64)))
-                have += len(x)
-        if have >= batch_size:
-            x, y, s = (torch.cat(parts) for parts in zip(*pending))
-            yield x[:batch_size], y[:batch_size], s[:batch_size]
-            pending = [(x[batch_size:], y[batch_size:], s[batch_size:])]
-            have -= batch_size
-    if have:
-        x, y, s = (torch.cat(parts) for parts in zip(*pending))
-        yield x, y, s
-
-
-def balanced_rows(loader: BatchLoader, per_class: int, num_classes: int
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over ``loader`` keeping at most ``per_class`` samples of each class (the first
-    ones of a shuffled pass: a random class-balanced subset); stops once every class present
-    is full or the pass ends."""
-    taken = torch.zeros(num_classes, dtype=torch.int64)
-    for x, y in loader:
-        labels = y.cpu()
-        keep = torch.zeros(len(labels), dtype=torch.bool)
-        for c in labels.unique().tolist():
-            rows = (labels == c).nonzero().flatten()
-            room = per_class - int(taken[c])
-            if room > 0:
-                keep[rows[:room]] = True
-                taken[c] += min(room, len(rows))
-        if keep.all():
-            yield x, y
-        elif keep.any():
-            index = keep.nonzero().flatten().to(x.device)
-            yield x[index], y[index]
-
-
 def _noise_copies(noise: torch.Tensor, labels: torch.Tensor, copies: int, *, seed: int,
                   chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``copies`` copies of every noise row in a seeded random order, ``chunk`` rows at a time
@@ -265,5 +168,3 @@ def _noise_copies(noise: torch.Tensor, labels: torch.Tensor, copies: int, *, see
         index = order[start:start + chunk]
         yield noise[index], labels[index]
 
-
-__all__ = ["FastEffective", "Rows", "balanced_rows", "loader_rows", "shuffled_batches"]

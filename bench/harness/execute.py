@@ -151,10 +151,6 @@ def train_original(cell: Cell, cfg: RunConfig) -> tuple[str, float]:
     return f"{exp.dataset}/{exp.arch} seed {cell.seed}", ensure_original(cell, cfg)[1]["train_s"]
 
 
-def _test_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device) -> dict:
-    return _class_loaders(data, forget, device, split="test")
-
-
 def _class_loaders(data: ImageData, forget: tuple[int, ...], device: torch.device, *,
                    split: str) -> dict:
     dataset, targets = ((data.test, data.test_targets) if split == "test"
@@ -177,7 +173,7 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
         return make_loader(data.train, indices, batch_size=exp.train.batch_size, shuffle=True,
                            seed=seed, device=device)
 
-    test_sets = _test_loaders(data, cell.forget_classes, device)
+    test_sets = _class_loaders(data, cell.forget_classes, device, split="test")
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         # Curves only: its time is taken out of the method's time_s.
@@ -265,7 +261,7 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
         metrics = evaluate_splits(
             model, device=device, seed=cell.seed,
             **_class_loaders(data, cell.forget_classes, device, split="train"),
-            **_test_loaders(data, cell.forget_classes, device))
+            **_class_loaders(data, cell.forget_classes, device, split="test"))
         return {**base, **metrics, **fields}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         return {**_record_base(cell, cfg), "error": f"{type(exc).__name__}: {exc}",
