@@ -3,6 +3,7 @@
 ``python -m perf fisher [--samples 256] [--batch 64] [--model resnet18,pbu_resnet18]``
 ``python -m perf pbu-step [--batch 64] [--steps 10] [--model resnet18]``
 ``python -m perf throughput [--grid paper] [--device cuda] [--archs a,b]``
+``python -m perf full-data [--archs smallcnn,pbu_resnet18] [--forget-class 2]``
 """
 from __future__ import annotations
 
@@ -50,7 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     speed.add_argument("--steps", type=int, default=10, help="timed steps; the median counts")
     speed.add_argument("--warmup", type=int, default=3)
+    full = commands.add_parser("full-data", help="PBU against retraining on a full dataset")
+    full.add_argument("--dataset", default="fashion-mnist")
+    full.add_argument("--archs", default="smallcnn,pbu_resnet18",
+                      help="comma-separated architectures, one experiment each")
+    full.add_argument("--forget-class", type=int, default=2)
+    full.add_argument("--seed", type=int, default=0)
+    full.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    full.add_argument("--results-dir", default="results",
+                      help="records go to <results-dir>/full-data/, models to its .model_cache")
     args = parser.parse_args(argv)
+    if args.command == "full-data":
+        return _full_data(args, parser)
     if args.command == "pbu-step":
         return _pbu_step(args, parser)
     if args.command == "throughput":
@@ -95,6 +107,17 @@ def _pbu_step(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                 device=args.device)
     print(report(result, batch=args.batch))
     return 0
+
+
+def _full_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bench.errors import BenchInputError
+    from perf import full_data
+
+    args.archs = [a for a in args.archs.split(",") if a]
+    try:
+        return full_data.run(args)
+    except BenchInputError as exc:
+        parser.error(str(exc))
 
 
 def _throughput(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

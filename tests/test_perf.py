@@ -82,3 +82,42 @@ def test_throughput_rejects_an_architecture_outside_the_grid(capsys):
         perf_main(["throughput", "--grid", "quick", "--archs", "resnet50"])
     assert exc.value.code == 2
     assert "--archs resnet50 not in grid 'quick'; it has smallcnn" in capsys.readouterr().err
+
+
+def test_full_data_grid_is_the_whole_dataset_with_the_fashion_recipe():
+    from bench.harness.builtin_grids import BUILTIN_GRIDS
+    from perf.full_data import full_data_grid
+
+    grid = full_data_grid(dataset="fashion-mnist", archs=["smallcnn", "pbu_resnet18"],
+                          forget_class=6, seed=3)
+    assert [m.label for m in grid.methods] == ["retrain", "pbu"]
+    assert grid.seeds == (3,)
+    fashion = BUILTIN_GRIDS["fashion"]["experiments"][0]["train"]
+    for exp, arch in zip(grid.experiments, ["smallcnn", "pbu_resnet18"], strict=True):
+        assert exp.arch == arch and exp.forget_classes == ((6,),)
+        assert {k: exp.train.as_dict()[k] for k in fashion} == fashion
+        assert exp.train_per_class is None and exp.test_per_class is None  # no subsample
+
+
+def test_full_data_report_gives_pbus_share_of_retraining():
+    from perf.full_data import report
+
+    def record(method, time_s, fisher=None):
+        return {"arch": "smallcnn", "method": method, "time_s": time_s,
+                "timings": {} if fisher is None else {"fisher_s": fisher},
+                "acc_forget_test": 1.5, "acc_retain_test": 80.25}
+
+    lines = report([record("pbu", 12.0, fisher=4.0), record("retrain", 480.0),
+                    record("original", 500.0)]).splitlines()
+    assert lines[1].split() == ["smallcnn", "original", "500.0", "-", "1.50", "80.25"]
+    assert lines[3].split() == ["smallcnn", "pbu", "12.0", "4.0", "1.50", "80.25"]
+    assert lines[4] == "smallcnn       PBU takes 2.5 % of retraining's time"
+
+
+def test_full_data_command_runs_the_cells_and_prints_the_ratio(tmp_path, capsys):
+    assert perf_main(["full-data", "--dataset", "digits", "--archs", "smallcnn",
+                      "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out[1:4]] == ["original", "retrain", "pbu"]
+    assert out[-1].startswith("smallcnn       PBU takes ")
+    assert (tmp_path / "full-data" / "runs.jsonl").exists()
