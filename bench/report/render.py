@@ -13,6 +13,7 @@ from bench.harness.grid import Grid
 from bench.harness.store import read_records, write_atomic
 from bench.report.aggregate import flagged, records_frame, summarize
 from bench.report.figures import render_figures
+from bench.report.privacy_figures import render_privacy_figures
 from bench.report.tables import (
     extended_markdown_table,
     latex_table,
@@ -52,4 +53,5 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
         write_atomic(out / name, text)
         written.append(out / name)
     written += render_figures(frame, records, plots_dir / grid.name)
+    written += render_privacy_figures(frame, records, plots_dir / grid.name)
     return written
