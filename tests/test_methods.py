@@ -81,7 +81,8 @@ def test_pbu_official_forgets_less_but_still_forgets(unit_grid, run_cfg, origina
 
 def test_pbu_reports_its_phases(unit_grid, run_cfg):
     record = run_method(unit_grid, run_cfg, "pbu")
-    assert set(record["timings"]) == {"fisher_s", "optimise_s"}
+    phases = {k for k in record["timings"] if not k.startswith("metric_")}
+    assert phases == {"fisher_s", "optimise_s"}
     assert all(v >= 0 for v in record["timings"].values())
     assert record["time_s"] >= record["timings"]["optimise_s"] * 0.5
 
