@@ -35,7 +35,6 @@ from bench.harness.celldata import (  # noqa: F401  (cli and tests reach them th
 )
 from bench.harness.cells import (
     Cell,
-    Context,
     original_key,
     pending_cells,
     runs_path,

@@ -100,9 +100,10 @@ def probe_metrics(model: nn.Module, inputs: CellInputs) -> dict[str, Any]:
 
 
 def relearn_metrics(*, model: nn.Module, original: nn.Module, inputs: CellInputs,
-                    settings: RelearnSettings = RelearnSettings()) -> dict[str, Any]:
+                    settings: RelearnSettings | None = None) -> dict[str, Any]:
     """Steps until the forget loss on a fixed forget-train subset is at most the original's
     there; every draw is seeded by the cell's seed."""
+    settings = settings or RelearnSettings()
     data, device = inputs.data, inputs.device
     rng = np.random.default_rng(inputs.seed)
     forget = class_indices(data.train_targets, inputs.forget_classes, include=True)

@@ -156,8 +156,8 @@ def probe_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     styles = _styles(methods)
     fig, panels = _panels(data, width=5.5, height=max(3.0, 0.32 * len(methods) + 1.2))
     for dataset, arch, ax in panels:
-        here = data[(data["dataset"] == dataset) & (data["arch"] == arch)].assign(
-            method=lambda f: f["method"].map(lambda m: label("method", m)))
+        here = data[(data["dataset"] == dataset) & (data["arch"] == arch)]
+        here = here.assign(method=[label("method", m) for m in here["method"]])
         sns.barplot(data=here, y="method", x="probe_forget_acc", order=names, errorbar="sd",
                     palette=[styles[m]["color"] for m in methods], hue="method",
                     hue_order=names, legend=False, ax=ax, orient="h")
