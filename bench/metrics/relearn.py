@@ -32,15 +32,17 @@ class RelearnSettings:
     retraining, fine-tuning and the logit mask stay above the threshold after 200 steps and
     even Bad Teaching, which barely moves the original, needs 74-184. Adam at 1e-3 (the quick
     and fashion grids' training step size): PBU 2-16 steps, Bad Teaching 1-28, fine-tuning
-    22 to over 200, retraining 115 to over 200. ``cap`` 100 steps keeps that ranking at
-    ~2 s a capped cell there; a capped value is reported as capped. The forget loss is read
-    on at most ``eval_samples`` fixed forget-train samples before every step.
+    22 to over 200, retraining 115 to over 200. ``cap`` 50 steps keeps the ranking of hidden
+    (PBU, Bad Teaching) against absent knowledge (retraining) and costs ~2 s a capped cell on
+    the shared 2-core CPU, less than retraining's 3.5 s; 100 cost ~4.7 s, more than the
+    unlearning of most quick-grid cells. A capped value is reported as capped. The forget loss
+    is read on at most ``eval_samples`` fixed forget-train samples before every step.
     """
 
     samples: int = 500
     batch_size: int = 64
     lr: float = 1e-3
-    cap: int = 100
+    cap: int = 50
     eval_samples: int = 256
 
     def as_dict(self) -> dict[str, float | int | str]:

@@ -58,7 +58,7 @@ METRICS: tuple[Metric, ...] = (
            description="linear probe on frozen penultimate features, forget-test accuracy"),
     Metric(name="relearn_steps", label="Relearn", unit="steps", better="retrain",
            description=("Adam steps until the forget-train loss is back to the "
-                        "original's, capped at 100")),
+                        "original's, capped at 50")),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 EXTENDED_METRICS: tuple[str, ...] = METRIC_NAMES[METRIC_NAMES.index("forget_mia_auc"):]
