@@ -26,6 +26,11 @@ from methods import PBU, UnlearningTask, get_method
 METRIC_KEYS = METRIC_NAMES
 
 
+def finite_or_explained(record: dict, name: str) -> bool:
+    """A metric is finite, or NaN with its reason in ``metric_notes`` (too few samples)."""
+    return math.isfinite(record[name]) or name in record["metric_notes"]
+
+
 def run_method(unit_grid, run_cfg, label: str, classes=(2,)) -> dict:
     record = run_cell(find_cell(unit_grid, label, classes), run_cfg, curves=False)
     assert "error" not in record, record.get("traceback")
@@ -54,7 +59,7 @@ def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, orig
     record = run_method(unit_grid, run_cfg, label)
     assert record["acc_forget_test"] <= 10.0, record["acc_forget_test"]
     assert record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
-    assert all(math.isfinite(record[k]) for k in METRIC_KEYS)
+    assert all(finite_or_explained(record, k) for k in METRIC_KEYS)
     # The record carries the resolved hyperparameters: defaults plus the quick grid's overrides.
     quick = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
     defaults = get_method(label).default_params()
@@ -65,7 +70,7 @@ def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, orig
 def test_baseline_at_its_published_setting(label, unit_grid, run_cfg, original_record):
     record = run_method(unit_grid, run_cfg, label)
     assert record["params"] == get_method(label).default_params()  # no grid overrides
-    assert all(math.isfinite(record[k]) for k in METRIC_KEYS)
+    assert all(finite_or_explained(record, k) for k in METRIC_KEYS)
     forgets, keeps = PUBLISHED_BEHAVIOUR[label]
     assert (record["acc_forget_test"] <= 10.0) == forgets, record["acc_forget_test"]
     kept = record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
@@ -81,7 +86,8 @@ def test_pbu_official_forgets_less_but_still_forgets(unit_grid, run_cfg, origina
 
 def test_pbu_reports_its_phases(unit_grid, run_cfg):
     record = run_method(unit_grid, run_cfg, "pbu")
-    assert set(record["timings"]) == {"fisher_s", "optimise_s"}
+    phases = {k for k in record["timings"] if not k.startswith("metric_")}
+    assert phases == {"fisher_s", "optimise_s"}
     assert all(v >= 0 for v in record["timings"].values())
     assert record["time_s"] >= record["timings"]["optimise_s"] * 0.5
 

@@ -22,20 +22,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
-from bench.data import (
-    ImageData,
-    class_indices,
-    load_dataset,
-    make_loader,
-    subsample_per_class,
-)
-from bench.errors import BenchInputError
+from bench.data import ImageData, class_indices, make_loader
 from bench.harness.accel import configure_backends, eval_batch_size, prepare_model
 from bench.harness.cache import ModelCache
+from bench.harness.celldata import (  # noqa: F401  (cli and tests reach them through here)
+    cached_dataset,
+    experiment_contexts,
+    experiment_data,
+    with_data,
+)
 from bench.harness.cells import (
     Cell,
-    Context,
     original_key,
     pending_cells,
     runs_path,
@@ -47,56 +46,13 @@ from bench.harness.grid import Experiment, Grid
 from bench.harness.parallel import WORKER_DEATHS, run_isolated, spread
 from bench.harness.provenance import provenance
 from bench.harness.store import append_record, repair_tail
-from bench.harness.versions import data_fingerprint
-from bench.metrics import accuracy, evaluate_splits, predict_logits
+from bench.metrics import accuracy, paper_metrics, predict_logits, split_logits
+from bench.metrics.extended import CellInputs, extended_metrics
 from bench.models import build_model
 from methods import UnlearningTask, get_method, load_plugins
 from methods.training import train_model
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=4)
-def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
-                   train_per_class: int | None = None,
-                   test_per_class: int | None = None) -> tuple[ImageData, str]:
-    """(the data, its fingerprint), loaded once per process."""
-    data = load_dataset(name, root=root, download=download, split_seed=split_seed)
-    if train_per_class is not None or test_per_class is not None:
-        data = subsample_per_class(data, train_per_class=train_per_class,
-                                   test_per_class=test_per_class, seed=split_seed)
-    if len(data.train_targets) == 0 or len(data.test_targets) == 0:
-        raise BenchInputError(f"dataset {name!r} has an empty split: {len(data.train_targets)} "
-                              f"training and {len(data.test_targets)} test images")
-    return data, data_fingerprint(data)
-
-
-def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> ImageData:
-    return cached_dataset(exp.dataset, root, download, exp.split_seed,
-                          exp.train_per_class, exp.test_per_class)[0]
-
-
-def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
-    """Each experiment's context: its data's fingerprint and the per-cell thread count."""
-    return {i: Context(data_fingerprint=cached_dataset(
-                e.dataset, cfg.data_root, cfg.download, e.split_seed, e.train_per_class,
-                e.test_per_class)[1], threads=cfg.threads)
-            for i, e in enumerate(grid.experiments)}
-
-
-def with_data(cell: Cell, cfg: RunConfig) -> tuple[Cell, ImageData]:
-    """(the cell with its data's fingerprint filled in if it was unknown, its data)."""
-    exp = cell.experiment
-    data, fingerprint = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed,
-                                       exp.train_per_class, exp.test_per_class)
-    if cell.context.data_fingerprint is None:
-        cell = dataclasses.replace(cell, context=dataclasses.replace(
-            cell.context, data_fingerprint=fingerprint))
-    if fingerprint != cell.context.data_fingerprint:
-        raise RuntimeError(f"the data of {exp.dataset!r} changed while the grid ran "
-                           f"(fingerprint {fingerprint}, expected "
-                           f"{cell.context.data_fingerprint})")
-    return cell, data
 
 
 def _model_factory(exp: Experiment, data: ImageData, cfg: RunConfig, *,
@@ -200,18 +156,30 @@ def _build_task(cell: Cell, cls: type, data: ImageData, *, cfg: RunConfig, curve
 
 def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: RunConfig,
              curves: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Run the cell's method on a copy of the original; returns (model, timing/curve fields)."""
+    """Run the cell's method on a copy of the original; returns (model, timing/curve fields).
+    A ``cache_model`` method's model is read from the cache, or computed and stored under the
+    entry's file lock, so that cells running in parallel compute it once."""
     cls = get_method(cell.method)
+    if not cls.cache_model:
+        return _run_method(cell, cls, original, data, cfg=cfg, curves=curves)
+    cache, key = ModelCache(cfg.cache_dir), unlearned_key(cell)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cache.path(key)}.lock"):
+        model = _model_factory(cell.experiment, data, cfg, initialised=False)()
+        meta = cache.load(key, model)
+        if meta is not None:
+            return model.eval(), meta["fields"]
+        model, fields = _run_method(cell, cls, original, data, cfg=cfg, curves=curves)
+        cache.save(key, model, {"fields": fields})
+    return model, fields
+
+
+def _run_method(cell: Cell, cls: type, original: torch.nn.Module, data: ImageData, *,
+                cfg: RunConfig, curves: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
     curve: list[dict[str, Any]] = []
     eval_seconds: list[float] = []
     task = _build_task(cell, cls, data, cfg=cfg, curves=curves, curve=curve,
                        eval_seconds=eval_seconds)
-    cache_key = unlearned_key(cell) if cls.cache_model else None
-    if cache_key is not None:
-        model = _model_factory(cell.experiment, data, cfg, initialised=False)()
-        meta = ModelCache(cfg.cache_dir).load(cache_key, model)
-        if meta is not None:
-            return model.eval(), meta["fields"]
     torch.manual_seed(cell.seed)
     method = cls(**cell.params)
     start = time.perf_counter()
@@ -219,10 +187,16 @@ def _unlearn(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: Run
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start - sum(eval_seconds)
-    fields = {"time_s": elapsed, "timings": dict(task.timings), "curve": curve}
-    if cache_key is not None:
-        ModelCache(cfg.cache_dir).save(cache_key, model, {"fields": fields})
-    return model.eval(), fields
+    return model.eval(), {"time_s": elapsed, "timings": dict(task.timings), "curve": curve}
+
+
+def _retrained(cell: Cell, original: torch.nn.Module, data: ImageData, *, cfg: RunConfig
+               ) -> torch.nn.Module:
+    """The retrained model of the cell's experiment, seed and forget classes: the very cache
+    entry of the grid's ``retrain`` cell, trained here if that cell has not run yet."""
+    params = cell.experiment.params.get("retrain", get_method("retrain").default_params())
+    reference = dataclasses.replace(cell, label="retrain", method="retrain", params=params)
+    return _unlearn(reference, original, data, cfg=cfg, curves=False)[0]
 
 
 def _record_base(cell: Cell, cfg: RunConfig) -> dict[str, Any]:
@@ -258,11 +232,22 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
         else:
             model, fields = _unlearn(cell, original, data, cfg=cfg, curves=curves)
         device = torch.device(cfg.device)
-        metrics = evaluate_splits(
-            model, device=device, seed=cell.seed,
-            **_class_loaders(data, cell.forget_classes, device, split="train"),
-            **_class_loaders(data, cell.forget_classes, device, split="test"))
-        return {**base, **metrics, **fields}
+        loaders = {**_class_loaders(data, cell.forget_classes, device, split="train"),
+                   **_class_loaders(data, cell.forget_classes, device, split="test")}
+        logits = split_logits(model, loaders, device=device)
+        start = time.perf_counter()
+        retrained = (model if cell.method == "retrain"
+                     else _retrained(cell, original, data, cfg=cfg))
+        reference_s = time.perf_counter() - start
+        extra = extended_metrics(
+            model=model, original=original, retrained=retrained, logits=logits,
+            loaders=loaders, is_original=cell.method == "original",
+            inputs=CellInputs(data=data, forget_classes=cell.forget_classes, seed=cell.seed,
+                              device=device, eval_batch_size=eval_batch_size(device)))
+        timings = {**fields["timings"], "metric_reference_s": reference_s,
+                   **extra.pop("metric_timings")}
+        return {**base, **paper_metrics(logits, seed=cell.seed), **extra, **fields,
+                "timings": timings}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         return {**_record_base(cell, cfg), "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}

@@ -84,17 +84,21 @@ def collapse_warnings(forget_logits: torch.Tensor, forget_labels: torch.Tensor) 
     return []
 
 
-def evaluate_splits(model: nn.Module, *, forget_train: Iterable, retain_train: Iterable,
-                    forget_test: Iterable, retain_test: Iterable, device: torch.device,
-                    seed: int = 0) -> dict[str, Any]:
-    """All accuracy metrics and the MIA for one model on the four class/split subsets, and
-    ``warnings`` drawn from the forget-train predictions alone."""
-    out = {}
-    logits = {}
-    for name, loader in (("forget_train", forget_train), ("retain_train", retain_train),
-                         ("forget_test", forget_test), ("retain_test", retain_test)):
-        logits[name] = predict_logits(model, loader, device=device)
-        out[f"acc_{name}"] = accuracy(*logits[name])
+SPLITS = ("forget_train", "retain_train", "forget_test", "retain_test")
+Logits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def split_logits(model: nn.Module, loaders: dict[str, Iterable], *, device: torch.device
+                 ) -> Logits:
+    """{split: (logits, labels)} for each of ``SPLITS``: one forward pass per split, shared
+    by the paper's metrics and the ones beyond it."""
+    return {name: predict_logits(model, loaders[name], device=device) for name in SPLITS}
+
+
+def paper_metrics(logits: Logits, *, seed: int = 0) -> dict[str, Any]:
+    """All accuracy metrics and the MIA from each split's logits, and ``warnings`` drawn from
+    the forget-train predictions alone."""
+    out: dict[str, Any] = {f"acc_{name}": accuracy(*logits[name]) for name in SPLITS}
     out["mia"] = entropy_mia(
         member_logits=logits["retain_train"][0],
         nonmember_logits=torch.cat([logits["forget_test"][0], logits["retain_test"][0]]),
@@ -102,3 +106,12 @@ def evaluate_splits(model: nn.Module, *, forget_train: Iterable, retain_train: I
     )
     out["warnings"] = collapse_warnings(*logits["forget_train"])
     return out
+
+
+def evaluate_splits(model: nn.Module, *, forget_train: Iterable, retain_train: Iterable,
+                    forget_test: Iterable, retain_test: Iterable, device: torch.device,
+                    seed: int = 0) -> dict[str, Any]:
+    """``paper_metrics`` of one model on the four class/split subsets."""
+    loaders = {"forget_train": forget_train, "retain_train": retain_train,
+               "forget_test": forget_test, "retain_test": retain_test}
+    return paper_metrics(split_logits(model, loaders, device=device), seed=seed)

@@ -23,6 +23,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             for r in records if "error" not in r]
     frame = pd.DataFrame(rows, columns=columns)
     frame["forget_classes"] = frame["forget_classes"].astype(str)
+    # Records made before a metric existed lack it: NaN, so that means and tables still work.
+    frame[list(METRIC_NAMES)] = frame[list(METRIC_NAMES)].astype(float)
     return frame.drop_duplicates("cell", keep="last").reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ from bench.report.aggregate import is_reference, label, method_order
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
         buffer = io.BytesIO()
@@ -76,8 +76,8 @@ def accuracy_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=30)
         _mark_references(ax, references)
-    paths = _save(grid.figure, out_dir, "accuracy")
-    _pyplot().close(grid.figure)
+    paths = save_figure(grid.figure, out_dir, "accuracy")
+    pyplot().close(grid.figure)
     return paths
 
 
@@ -85,7 +85,7 @@ def time_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Wall-clock unlearning time per method (log scale), the paper's computational-time figure."""
     import seaborn as sns
 
-    plt = _pyplot()
+    plt = pyplot()
     data = frame[frame["method"] != "original"].assign(
         method=lambda f: f["method"].map(lambda m: label("method", m)))
     order_names = [m for m in method_order(frame["method"]) if m != "original"]
@@ -98,7 +98,7 @@ def time_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax.set_xlabel("")
     ax.set_ylabel(f"{metric('time_s').description} ({metric('time_s').unit}, log scale)")
     ax.tick_params(axis="x", rotation=30)
-    paths = _save(fig, out_dir, "time")
+    paths = save_figure(fig, out_dir, "time")
     plt.close(fig)
     return paths
 
@@ -129,8 +129,8 @@ def curve_figure(records: list[dict], out_dir: Path) -> list[Path]:
                        palette="colorblind", facet_kws={"sharex": False})
     grid.set_axis_labels("epoch", "accuracy (%)")
     grid.set_titles("{col_name}")
-    paths = _save(grid.figure, out_dir, "curves")
-    _pyplot().close(grid.figure)
+    paths = save_figure(grid.figure, out_dir, "curves")
+    pyplot().close(grid.figure)
     return paths
 
 

@@ -13,7 +13,9 @@ from bench.harness.grid import Grid
 from bench.harness.store import read_records, write_atomic
 from bench.report.aggregate import flagged, records_frame, summarize
 from bench.report.figures import render_figures
+from bench.report.privacy_figures import render_privacy_figures
 from bench.report.tables import (
+    extended_markdown_table,
     latex_table,
     markdown_table,
     provenance_note,
@@ -42,11 +44,14 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
     flags = flagged(frame)
     notes = [n for n in (warning_note(flags), provenance_note(frame)) if n]
     for name, text in (("summary.csv", summary.to_csv(index=False, float_format="%.4f")),
-                       ("table.md", markdown_table(summary, flags) + "\n"
-                        + "\n\n".join(notes) + "\n"),
+                       ("table.md", "\n".join(
+                           part for part in (markdown_table(summary, flags),
+                                             extended_markdown_table(summary),
+                                             "\n\n".join(notes) + "\n") if part)),
                        ("table.tex", latex_table(summary, flags)
                         + "".join(f"% {n}\n" for n in notes))):
         write_atomic(out / name, text)
         written.append(out / name)
     written += render_figures(frame, records, plots_dir / grid.name)
+    written += render_privacy_figures(frame, records, plots_dir / grid.name)
     return written

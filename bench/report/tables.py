@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from bench.metrics import PAPER_PAIR, metric
+from bench.metrics import EXTENDED_METRICS, PAPER_PAIR, metric
 from bench.report.aggregate import label, method_order
 
 
@@ -61,6 +61,41 @@ def markdown_table(summary: pd.DataFrame, flags: set[tuple[str, ...]] = frozense
                           marked=_marked(flags, dataset, arch, classes))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+BETTER_MARK = {"higher": "↑", "lower": "↓", "retrain": "≈R"}
+
+
+def _short(mean: float, std: float) -> str:
+    """Three significant digits: the block's metrics span 1e-3 (JS) to 1e2 (percent)."""
+    if math.isnan(mean):
+        return "--"
+    return f"{mean:.3g}" if math.isnan(std) else f"{mean:.3g} ± {std:.2g}"
+
+
+def extended_markdown_table(summary: pd.DataFrame) -> str:
+    """The privacy/fidelity block beside the paper's: a row per (dataset, model, class,
+    method), a column per metric beyond the paper, labelled and marked (↑ higher, ↓ lower,
+    ≈R closer to retraining is better) from the declarations. Empty when no record has any
+    of these metrics (records made before they existed)."""
+    columns = [f"{name}_mean" for name in EXTENDED_METRICS]
+    if summary[columns].isna().all().all():
+        return ""
+    head = ["Dataset", "Model", "Classes", "Method"] + [
+        f"{metric(name).label} {BETTER_MARK[metric(name).better]}" for name in EXTENDED_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset, arch, classes, by_method in _rows(summary):
+        for method in method_order(by_method):
+            row = by_method[method]
+            cells = [label("dataset", dataset), label("arch", arch), f"Class-{classes}",
+                     label("method", method),
+                     *(_short(row[f"{n}_mean"], row[f"{n}_std"]) for n in EXTENDED_METRICS)]
+            lines.append("| " + " | ".join(cells) + " |")
+    legend = "; ".join(f"{metric(n).label}: {metric(n).description}"
+                       + (f" ({metric(n).unit})" if metric(n).unit else "")
+                       for n in EXTENDED_METRICS)
+    return ("\n".join(lines) + "\n\nPrivacy and fidelity beyond the paper (mean ± std over "
+            f"seeds; ↑ higher, ↓ lower, ≈R closer to retraining is better). {legend}.\n")
 
 
 def provenance_note(frame: pd.DataFrame) -> str:
