@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.loops import flat_grad
 from methods.registry import register_method
+from methods.search import LogUniform
 
 
 @register_method("influence_unlearning", label="Influence unlearning (IU)")
@@ -36,6 +37,8 @@ class InfluenceUnlearning(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # Three decades below the CIFAR-10 script's alpha 10 (it wipes a digits model) to it.
+    search_space = {"alpha": LogUniform(1e-2, 10.0)}
 
     alpha: float = 10.0
 

@@ -28,3 +28,5 @@ class PBUOfficial(PBU):
     epochs: int = 5
     stop_forget_acc: float | None = None
     batchnorm: str = "train"
+    # A preset of the official configuration: tuning it would turn it into ``pbu``.
+    search_space = {}

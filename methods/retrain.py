@@ -28,6 +28,7 @@ class Retrain(UnlearningMethod):
     """
 
     needs = frozenset({"retain", "architecture"})
+    search_space = {}  # nothing to tune: the recipe is the original model's own
     cache_model = True
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:

@@ -29,6 +29,7 @@ from bench.data import (
     load_dataset,
     make_loader,
     subsample_per_class,
+    validation_view,
 )
 from bench.errors import BenchInputError
 from bench.harness.accel import configure_backends, eval_batch_size, prepare_model
@@ -50,6 +51,7 @@ from bench.harness.store import append_record, repair_tail
 from bench.harness.versions import data_fingerprint
 from bench.metrics import accuracy, evaluate_splits, predict_logits
 from bench.models import build_model
+from bench.tuning.objective import FORGET_AGREEMENT, forget_agreement
 from methods import UnlearningTask, get_method, load_plugins
 from methods.training import train_model
 
@@ -58,37 +60,42 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=4)
 def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
-                   train_per_class: int | None = None,
-                   test_per_class: int | None = None) -> tuple[ImageData, str]:
-    """(the data, its fingerprint), loaded once per process."""
+                   train_per_class: int | None = None, test_per_class: int | None = None,
+                   validation: float | None = None) -> tuple[ImageData, str]:
+    """(the data, its fingerprint), loaded once per process; with ``validation``, tuning's
+    view of it (``validation_view``: the test split is never read)."""
     data = load_dataset(name, root=root, download=download, split_seed=split_seed)
     if train_per_class is not None or test_per_class is not None:
         data = subsample_per_class(data, train_per_class=train_per_class,
                                    test_per_class=test_per_class, seed=split_seed)
+    if validation is not None:
+        data = validation_view(data, fraction=validation, seed=split_seed)
     if len(data.train_targets) == 0 or len(data.test_targets) == 0:
         raise BenchInputError(f"dataset {name!r} has an empty split: {len(data.train_targets)} "
                               f"training and {len(data.test_targets)} test images")
     return data, data_fingerprint(data)
 
 
+def _dataset(exp: Experiment, root: str | None, download: bool) -> tuple[ImageData, str]:
+    return cached_dataset(exp.dataset, root, download, exp.split_seed, exp.train_per_class,
+                          exp.test_per_class, exp.validation)
+
+
 def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> ImageData:
-    return cached_dataset(exp.dataset, root, download, exp.split_seed,
-                          exp.train_per_class, exp.test_per_class)[0]
+    return _dataset(exp, root, download)[0]
 
 
 def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
     """Each experiment's context: its data's fingerprint and the per-cell thread count."""
-    return {i: Context(data_fingerprint=cached_dataset(
-                e.dataset, cfg.data_root, cfg.download, e.split_seed, e.train_per_class,
-                e.test_per_class)[1], threads=cfg.threads)
+    return {i: Context(data_fingerprint=_dataset(e, cfg.data_root, cfg.download)[1],
+                       threads=cfg.threads)
             for i, e in enumerate(grid.experiments)}
 
 
 def with_data(cell: Cell, cfg: RunConfig) -> tuple[Cell, ImageData]:
     """(the cell with its data's fingerprint filled in if it was unknown, its data)."""
     exp = cell.experiment
-    data, fingerprint = cached_dataset(exp.dataset, cfg.data_root, cfg.download, exp.split_seed,
-                                       exp.train_per_class, exp.test_per_class)
+    data, fingerprint = _dataset(exp, cfg.data_root, cfg.download)
     if cell.context.data_fingerprint is None:
         cell = dataclasses.replace(cell, context=dataclasses.replace(
             cell.context, data_fingerprint=fingerprint))
@@ -230,6 +237,7 @@ def _record_base(cell: Cell, cfg: RunConfig) -> dict[str, Any]:
     return {"cell": cell.key, "config_hash": cell.config_hash, "dataset": exp.dataset,
             "arch": exp.arch, "forget_classes": cell.classes_text, "method": cell.label,
             "registered_method": cell.method, "seed": cell.seed, "params": cell.params,
+            "param_sources": exp.param_sources.get(cell.label, {}),
             "train": exp.train.as_dict(), **exp.data_spec,
             "code_version": cell.code_version,
             "data_fingerprint": cell.context.data_fingerprint,
@@ -262,6 +270,11 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
             model, device=device, seed=cell.seed,
             **_class_loaders(data, cell.forget_classes, device, split="train"),
             **_class_loaders(data, cell.forget_classes, device, split="test"))
+        if cell.experiment.validation is not None:  # tuning's view: the forget-only score
+            metrics[FORGET_AGREEMENT] = forget_agreement(
+                model, original, forget_classes=cell.forget_classes, device=device,
+                forget=_class_loaders(data, cell.forget_classes, device,
+                                      split="test")["forget_test"])
         return {**base, **metrics, **fields}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         return {**_record_base(cell, cfg), "error": f"{type(exc).__name__}: {exc}",
@@ -289,7 +302,7 @@ def _markers_dir(cfg: RunConfig, grid: Grid) -> Path:
     return folder
 
 
-def _run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
+def run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
                on_record: Callable[[dict[str, Any]], None]) -> None:
     """Run ``cells``; when a worker dies, the cells that were running are rerun one at a time
     in a fresh worker, and the one that dies again becomes an error record."""
@@ -366,5 +379,5 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
                  record["acc_forget_test"], record["acc_retain_test"], record["mia"],
                  record["time_s"])
 
-    _run_cells(pending, cfg, grid=grid, on_record=on_record)
+    run_cells(pending, cfg, grid=grid, on_record=on_record)
     return len(pending), counts["failed"]
