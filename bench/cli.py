@@ -304,7 +304,14 @@ def _main(argv: list[str] | None) -> int:
         _dry_run(grid, args.results_dir)
         return 0
     device = _device(args.device)
-    for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
+    # A missing dataset is bad input: fail before writing. Tuning loads only its validation
+    # view, never the test split.
+    to_load = grid.experiments
+    if args.tune is not None:
+        from bench.tuning.tuner import validation_experiment
+
+        to_load = tuple(validation_experiment(e) for e in grid.experiments)
+    for exp in to_load:
         execute.experiment_data(exp, root=data_root, download=args.download)
     if args.backend == "dask":
         # Connect even with --jobs: an unreachable scheduler is bad input before anything is

@@ -310,11 +310,19 @@ def _tuned_entries(path: str | None, *, where: str) -> dict[tuple[str, str, str]
     if path is None:
         return {}
     try:
-        return TunedFile.model_validate(read_tuned(path)).lookup()
+        doc = TunedFile.model_validate(read_tuned(path))
     except BenchInputError as exc:
         raise BenchInputError(f"{where}: tuned = {path!r}: {exc}") from None
     except ValidationError as exc:
         raise _validation_error(exc, f"{where}: tuned file {path!r}") from None
+    for i, entry in enumerate(doc.entries):  # values the method would refuse: the file's fault
+        try:
+            get_method(entry.registered_method)
+        except RegistryError as exc:
+            raise BenchInputError(f"{where}: tuned file {path!r}: entries[{i}]: {exc}") from None
+        _method_params(entry.registered_method, entry.params, path=f"entries[{i}].params",
+                       where=f"{where}: tuned file {path!r}")
+    return doc.lookup()
 
 
 def parse_grid(raw: Any, *, where: str = "grid") -> Grid:

@@ -58,20 +58,30 @@ class TuneSettings:
         return max(1, min(10, self.trials // 2))
 
 
+def identity(cell: Cell) -> str:
+    """What makes a trial cell's result: its configuration hash (settings, code, data, threads)
+    with the forget set and seed, which the hash leaves to the cell's key."""
+    return f"{cell.classes_text}/{cell.seed}/{cell.config_hash}"
+
+
+def _record_identity(record: dict[str, Any]) -> str:
+    return f"{record['forget_classes']}/{record['seed']}/{record['config_hash']}"
+
+
 class TrialStore:
     """Every trial cell's record (errors included: a setting that fails, fails again), by its
-    configuration hash."""
+    ``identity``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(path)
-        self.records = {r["config_hash"]: r for r in read_records(path)}
+        self.records = {_record_identity(r): r for r in read_records(path)}
         self.computed = 0
 
     def add(self, record: dict[str, Any]) -> None:
         append_record(self.path, record)
-        self.records[record["config_hash"]] = record
+        self.records[_record_identity(record)] = record
         self.computed += 1
 
 
@@ -156,7 +166,7 @@ class ExperimentTuning:
 
     def run(self, cells: list[Cell]) -> None:
         """Compute the cells whose configuration has no record yet (each once)."""
-        todo = {c.config_hash: c for c in cells if c.config_hash not in self.store.records}
+        todo = {identity(c): c for c in cells if identity(c) not in self.store.records}
         if not todo:
             return
         first = next(iter(todo.values()))
@@ -177,7 +187,7 @@ class ExperimentTuning:
             cells = [c for pairs in batch.values() for _, cs in pairs for c in cs]
             self.run([r for r in references if r is not None] * (round_number == 0) + cells)
             round_number += 1
-            reference_records = [self.store.records[r.config_hash] if r else None
+            reference_records = [self.store.records[identity(r)] if r else None
                                  for r in references]
             for study in self.studies:
                 for trial, trial_cells in batch[study.spec.label]:
@@ -186,7 +196,7 @@ class ExperimentTuning:
 
     def tell(self, study: Study, trial: optuna.trial.Trial, cells: list[Cell],
              references: list[dict[str, Any] | None]) -> None:
-        records = [self.store.records[c.config_hash] for c in cells]
+        records = [self.store.records[identity(c)] for c in cells]
         value = trial_value(self.objective, records, references)
         if value is None:
             study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
