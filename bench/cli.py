@@ -263,9 +263,9 @@ def _tune(args: argparse.Namespace, grid, cfg: RunConfig) -> int:
                             sampler_seed=args.tune_seed)
     with grid_lock(args.results_dir / grid.name):
         path, computed, missing = tune_grid(grid, cfg, settings)
-    print(f"tuned {len(grid.methods)} methods x {len(grid.experiments)} (dataset, model) with "
-          f"{args.tune} trials each ({computed} cells computed); wrote {path}. Use it with "
-          f"--tuned {path} or the grid key `tuned: {path}`")
+    print(f"tuned with {args.tune} trials per method and (dataset, model) ({computed} cells "
+          f"computed); wrote {path}. Use it with --tuned {path} or the grid key "
+          f"`tuned: {path}`")
     return 1 if missing else 0
 
 

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
-from helpers import assert_clean_bad_input, run_main
+from helpers import REPO, assert_clean_bad_input, run_main
 
 from bench.data.loaders import validation_view
 from bench.errors import BenchInputError
@@ -272,3 +272,26 @@ def test_records_say_where_each_value_came_from(finished_run):
     assert finetune["param_sources"] == {"epochs": "grid", "lr": "grid", "optimizer": "default"}
     original = next(r for r in records if r["method"] == "original")
     assert original["param_sources"] == {}
+
+
+def test_readme_plugin_declares_its_space(tmp_path, clean_registry):
+    from methods import get_method, load_plugins
+    from methods.search import describe
+
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("# my_method.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_method.py").write_text(code)
+    load_plugins([tmp_path / "my_method.py"], use_entry_points=False)
+    assert describe(get_method("zero_head").search_space) == "value [-10000, -10]"
+
+
+def test_list_methods_shows_what_each_method_tunes(capsys):
+    from bench import cli
+
+    assert cli.main(["--list-methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    finetune = lines.index(next(line for line in lines if line.startswith("finetune ")))
+    assert lines[finetune + 1].split() == ["tunes", "lr", "log[0.0001,", "0.01],", "epochs",
+                                           "int[1,", "10]"]
+    retrain = lines.index(next(line for line in lines if line.startswith("retrain ")))
+    assert lines[retrain + 1].split() == ["tunes", "nothing"]
