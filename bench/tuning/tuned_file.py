@@ -75,8 +75,8 @@ def write_tuned(path: Path, *, grid: str, entries: list[TunedEntry]) -> None:
         kept = TunedFile.model_validate(read_tuned(str(path))).lookup()
     kept.update(TunedFile(grid=grid, entries=entries).lookup())
     doc = TunedFile(grid=grid, entries=[kept[k] for k in sorted(kept)])
-    header = ("# Written by run_bench.py --tune (README: Tuning). Point a grid at it with\n"
-              f"# `tuned: {path}`; its values then override the grid's method_params.\n")
+    header = ("# Written by run_bench.py --tune (README: Tuning). A grid uses it through the\n"
+              "# key `tuned: PATH` or --tuned PATH: its values override the grid's method_params.\n")
     write_atomic(path, header + yaml.safe_dump(doc.model_dump(mode="json"), sort_keys=False))
 
 

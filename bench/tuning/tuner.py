@@ -138,7 +138,6 @@ class ExperimentTuning:
         self.studies = [s for spec in grid.methods
                         if (s := _new_study(spec, exp.params[spec.label], settings))]
         self.skipped = [spec.label for spec in grid.methods if not tuning_space(spec)]
-        self.trials: dict[str, list[tuple[optuna.trial.Trial, list[Cell]]]] = {}
 
     @property
     def where(self) -> str:
@@ -180,13 +179,12 @@ class ExperimentTuning:
         if self.skipped:
             log.info("tuning %s: nothing to tune for %s", self.where, ", ".join(self.skipped))
         references = self.references()
-        round_number = 0
         while any(s.asked < self.settings.trials for s in self.studies):
             batch = {s.spec.label: [self.ask(s) for _ in range(
                 min(TRIAL_BATCH, self.settings.trials - s.asked))] for s in self.studies}
             cells = [c for pairs in batch.values() for _, cs in pairs for c in cs]
-            self.run([r for r in references if r is not None] * (round_number == 0) + cells)
-            round_number += 1
+            # The references are computed in the first round; later rounds find them stored.
+            self.run([*(r for r in references if r is not None), *cells])
             reference_records = [self.store.records[identity(r)] if r else None
                                  for r in references]
             for study in self.studies:
