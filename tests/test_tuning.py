@@ -219,11 +219,13 @@ def _grid(tuned_path) -> dict:
                              "method_params": {"finetune": {"lr": 0.003, "epochs": 2}}}]}
 
 
-def test_tuned_values_override_method_params_but_not_a_variants_own(tmp_path):
+def test_tuned_values_override_method_params_but_not_a_variants_own(tmp_path, caplog):
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump({"grid": "g", "entries": [
         _entry(), _entry(method="ft_pinned", params={"lr": 0.0005, "epochs": 4})]}))
-    exp = parse_grid(_grid(path)).experiments[0]
+    with caplog.at_level("WARNING"):
+        exp = parse_grid(_grid(path)).experiments[0]
+    assert "finetune on digits/smallcnn was tuned for code version x" in caplog.text
     assert exp.params["finetune"] == {"lr": 0.002, "epochs": 2, "optimizer": "adam"}
     assert exp.param_sources["finetune"] == {"lr": "tuned", "epochs": "grid",
                                              "optimizer": "default"}
@@ -331,3 +333,13 @@ def test_objectives_score_as_declared():
     assert trial_value(OBJECTIVES["forget-only"], trial, [None, None]) == 30.0
     assert not OBJECTIVES["forget-only"].needs_retrain
     assert trial_value(OBJECTIVES["retrain-gap"], [{"error": "boom"}, trial[0]], retrain) is None
+
+
+def test_committed_quick_tuned_file_fits_the_quick_grid():
+    from bench.harness.builtin_grids import BUILTIN_GRIDS
+
+    path = REPO / "bench" / "harness" / "tuned" / "quick.yaml"
+    exp = parse_grid({**BUILTIN_GRIDS["quick"], "tuned": str(path)}).experiments[0]
+    for label in ("finetune", "fast_effective", "bad_teaching", "pbu"):
+        assert "tuned" in exp.param_sources[label].values(), label
+    assert set(exp.param_sources["retrain"].values()) <= {"default"}

@@ -34,7 +34,7 @@ from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
 from bench.harness.yaml_file import read_yaml
 from bench.models import check_arch, check_pretrained
-from bench.tuning.tuned_file import TunedEntry, TunedFile, read_tuned, resolve
+from bench.tuning.tuned_file import TunedEntry, TunedFile, read_tuned, resolve, warn_if_stale
 from methods import RegistryError, get_method, list_methods
 from methods.training import TrainRecipe
 
@@ -322,6 +322,7 @@ def _tuned_entries(path: str | None, *, where: str) -> dict[tuple[str, str, str]
             raise BenchInputError(f"{where}: tuned file {path!r}: entries[{i}]: {exc}") from None
         _method_params(entry.registered_method, entry.params, path=f"entries[{i}].params",
                        where=f"{where}: tuned file {path!r}")
+    warn_if_stale(doc, path)
     return doc.lookup()
 
 

@@ -9,6 +9,7 @@ tuned and never replaced.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from bench.errors import BenchInputError
 from bench.harness.store import write_atomic
+from bench.harness.versions import code_version
 from bench.harness.yaml_file import read_yaml
+from methods import get_method
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE_NAMES = ("retrain-gap", "forget-only")
 
@@ -67,6 +72,17 @@ def read_tuned(path: str) -> Any:
     return read_yaml(path, kind="tuned file")
 
 
+def warn_if_stale(doc: TunedFile, path: str) -> None:
+    """A warning per entry tuned for other code than the method's current code: its values
+    are still used (the grid asked for them), but the search may now choose differently."""
+    for e in doc.entries:
+        now = code_version(get_method(e.registered_method))
+        if now != e.code_version:
+            log.warning("tuned file %s: %s on %s/%s was tuned for code version %s; the method's "
+                        "code is now %s, so rerun --tune to refresh it", path, e.method,
+                        e.dataset, e.arch, e.code_version, now)
+
+
 def write_tuned(path: Path, *, grid: str, entries: list[TunedEntry]) -> None:
     """Write ``entries`` over those of an existing file at ``path`` (same method, dataset and
     architecture replaced, others kept), sorted so that a rerun writes identical bytes."""
@@ -76,7 +92,8 @@ def write_tuned(path: Path, *, grid: str, entries: list[TunedEntry]) -> None:
     kept.update(TunedFile(grid=grid, entries=entries).lookup())
     doc = TunedFile(grid=grid, entries=[kept[k] for k in sorted(kept)])
     header = ("# Written by run_bench.py --tune (README: Tuning). A grid uses it through the\n"
-              "# key `tuned: PATH` or --tuned PATH: its values override the grid's method_params.\n")
+              "# key `tuned: PATH` or --tuned PATH: its values override the grid's\n"
+              "# method_params.\n")
     write_atomic(path, header + yaml.safe_dump(doc.model_dump(mode="json"), sort_keys=False))
 
 
