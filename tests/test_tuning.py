@@ -140,6 +140,20 @@ def test_tune_never_reads_test_data_and_resumes(poisoned_digits, tmp_path, capsy
     assert READS == []
 
 
+def test_forget_only_objective_needs_no_retraining(poisoned_digits, tmp_path, capsys,
+                                                    monkeypatch):
+    (tmp_path / "tune.yaml").write_text(TUNE_GRID)
+    code, out = _tune(tmp_path, capsys, monkeypatch, "--methods", "pbu", "--tune-objective",
+                      "forget-only")
+    assert code == 0, out
+    assert READS == []
+    trials = tmp_path / "results" / "tune" / "tuning" / "trials.jsonl"
+    methods = [json.loads(line)["method"] for line in trials.read_text().splitlines()]
+    assert sorted(methods) == ["pbu.t0", "pbu.t0", "pbu.t1", "pbu.t1"]  # no retraining
+    doc = yaml.safe_load((tmp_path / "results" / "tune" / "tuned.yaml").read_text())
+    assert [(e["method"], e["objective"]) for e in doc["entries"]] == [("pbu", "forget-only")]
+
+
 # ---------------------------------------------------------------- the validation view
 
 
