@@ -262,7 +262,7 @@ def _tune(args: argparse.Namespace, grid, cfg: RunConfig) -> int:
     settings = TuneSettings(trials=args.tune, objective=args.tune_objective,
                             sampler_seed=args.tune_seed)
     with grid_lock(args.results_dir / grid.name):
-        path, computed, missing = tune_grid(grid, cfg, settings)
+        path, computed, missing = tune_grid(grid, cfg, settings=settings)
     print(f"tuned with {args.tune} trials per method and (dataset, model) ({computed} cells "
           f"computed); wrote {path}. Use it with --tuned {path} or the grid key "
           f"`tuned: {path}`")

@@ -331,22 +331,24 @@ def test_objectives_score_as_declared():
     x = torch.tensor([[5.0, 1.0, 3.0, 0.0], [5.0, 2.0, 0.0, 1.0]])  # class 0 is forgotten
     batches = [(x, torch.zeros(2, dtype=torch.int64))]
     # The original ranks classes 2 and 1 first among the retain classes.
-    same = forget_agreement(_Fixed(1.0), _Fixed(1.0), batches, forget_classes=(0,),
+    same = forget_agreement(_Fixed(1.0), _Fixed(1.0), forget=batches, forget_classes=(0,),
                             device=torch.device("cpu"))
-    flipped = forget_agreement(_Fixed(-1.0), _Fixed(1.0), batches, forget_classes=(0,),
+    flipped = forget_agreement(_Fixed(-1.0), _Fixed(1.0), forget=batches, forget_classes=(0,),
                                device=torch.device("cpu"))
     assert (same, flipped) == (0.0, 0.0)  # the unlearned model still says class 0, then 3/2
     masked = torch.nn.Sequential(_Fixed(1.0))
     masked.register_forward_hook(lambda m, i, out: out.index_fill(1, torch.tensor([0]), -1e9))
-    assert forget_agreement(masked, _Fixed(1.0), batches, forget_classes=(0,),
+    assert forget_agreement(masked, _Fixed(1.0), forget=batches, forget_classes=(0,),
                             device=torch.device("cpu")) == 100.0
 
     trial = [{"acc_forget_test": 10.0, "acc_retain_test": 90.0, "forget_agreement": 80.0}] * 2
     retrain = [{"acc_forget_test": 0.0, "acc_retain_test": 95.0}] * 2
-    assert trial_value(OBJECTIVES["retrain-gap"], trial, retrain) == 15.0
-    assert trial_value(OBJECTIVES["forget-only"], trial, [None, None]) == 30.0
+    assert trial_value(OBJECTIVES["retrain-gap"], records=trial, references=retrain) == 15.0
+    assert trial_value(OBJECTIVES["forget-only"], records=trial,
+                       references=[None, None]) == 30.0
     assert not OBJECTIVES["forget-only"].needs_retrain
-    assert trial_value(OBJECTIVES["retrain-gap"], [{"error": "boom"}, trial[0]], retrain) is None
+    assert trial_value(OBJECTIVES["retrain-gap"], records=[{"error": "boom"}, trial[0]],
+                       references=retrain) is None
 
 
 def test_committed_quick_tuned_file_fits_the_quick_grid():

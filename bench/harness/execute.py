@@ -76,18 +76,19 @@ def cached_dataset(name: str, root: str | None, download: bool, split_seed: int,
     return data, data_fingerprint(data)
 
 
-def _dataset(exp: Experiment, root: str | None, download: bool) -> tuple[ImageData, str]:
+def _dataset(exp: Experiment, *, root: str | None, download: bool) -> tuple[ImageData, str]:
     return cached_dataset(exp.dataset, root, download, exp.split_seed, exp.train_per_class,
                           exp.test_per_class, exp.validation)
 
 
 def experiment_data(exp: Experiment, *, root: str | None, download: bool) -> ImageData:
-    return _dataset(exp, root, download)[0]
+    return _dataset(exp, root=root, download=download)[0]
 
 
 def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
     """Each experiment's context: its data's fingerprint and the per-cell thread count."""
-    return {i: Context(data_fingerprint=_dataset(e, cfg.data_root, cfg.download)[1],
+    return {i: Context(data_fingerprint=_dataset(e, root=cfg.data_root,
+                                                 download=cfg.download)[1],
                        threads=cfg.threads)
             for i, e in enumerate(grid.experiments)}
 
@@ -95,7 +96,7 @@ def experiment_contexts(grid: Grid, cfg: RunConfig) -> dict[int, Context]:
 def with_data(cell: Cell, cfg: RunConfig) -> tuple[Cell, ImageData]:
     """(the cell with its data's fingerprint filled in if it was unknown, its data)."""
     exp = cell.experiment
-    data, fingerprint = _dataset(exp, cfg.data_root, cfg.download)
+    data, fingerprint = _dataset(exp, root=cfg.data_root, download=cfg.download)
     if cell.context.data_fingerprint is None:
         cell = dataclasses.replace(cell, context=dataclasses.replace(
             cell.context, data_fingerprint=fingerprint))

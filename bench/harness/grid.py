@@ -238,7 +238,7 @@ def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dic
     return _construct(get_method(method), overrides, where=where, path=path).params()
 
 
-def _resolved(spec: MethodSpec, grid_params: dict[str, Any], tuned: TunedEntry | None, *,
+def _resolved(spec: MethodSpec, *, grid_params: dict[str, Any], tuned: TunedEntry | None,
               where: str, path: str) -> tuple[dict[str, Any], dict[str, str]]:
     """A label's full hyperparameters and each one's source (default < grid < tuned; a
     variant's own params are never replaced)."""
@@ -279,9 +279,10 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
         # Settings for a registered method the grid does not run (``--methods`` may add it).
         _method_params(label, overrides, where=where,
                        path=f"{path}.method_params.{label}")
-    resolved = {m.label: _resolved(m, {**m.params, **raw.method_params.get(m.label, {})},
-                                   tuned.get((m.label, info.name, raw.arch)), where=where,
-                                   path=f"{path}.method_params.{m.label}")
+    resolved = {m.label: _resolved(m, grid_params={**m.params,
+                                                   **raw.method_params.get(m.label, {})},
+                                   tuned=tuned.get((m.label, info.name, raw.arch)),
+                                   where=where, path=f"{path}.method_params.{m.label}")
                 for m in methods}
     train = _construct(TrainRecipe, raw.train, where=where, path=f"{path}.train")
     return Experiment(dataset=info.name, arch=raw.arch, forget_classes=tuple(raw.forget_classes),

@@ -57,7 +57,7 @@ OBJECTIVES = {o.name: o for o in (
 )}
 
 
-def trial_value(objective: Objective, records: list[dict[str, Any]],
+def trial_value(objective: Objective, *, records: list[dict[str, Any]],
                 references: list[dict[str, Any] | None]) -> float | None:
     """The mean over forget sets; None when a cell failed or a score is not finite."""
     if any("error" in r for r in [*records, *(x for x in references if x)]):
@@ -68,7 +68,7 @@ def trial_value(objective: Objective, records: list[dict[str, Any]],
 
 
 @torch.no_grad()
-def forget_agreement(model: torch.nn.Module, original: torch.nn.Module, forget: Iterable, *,
+def forget_agreement(model: torch.nn.Module, original: torch.nn.Module, *, forget: Iterable,
                      forget_classes: tuple[int, ...], device: torch.device) -> float:
     """Percent of the ``forget`` samples that ``model`` assigns to the retain class
     ``original`` ranks first among the retain classes (the forget-only objective's utility);

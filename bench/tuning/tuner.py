@@ -126,7 +126,7 @@ class ExperimentTuning:
     """The studies of one experiment, run in lockstep rounds so every round's cells (all
     methods, trials and forget sets) go through the parallel runner together."""
 
-    def __init__(self, grid: Grid, exp: Experiment, cfg: RunConfig, *,
+    def __init__(self, grid: Grid, exp: Experiment, *, cfg: RunConfig,
                  settings: TuneSettings, store: TrialStore) -> None:
         self.view = validation_experiment(exp)
         self.cfg, self.settings, self.store = cfg, settings, store
@@ -189,13 +189,13 @@ class ExperimentTuning:
                                  for r in references]
             for study in self.studies:
                 for trial, trial_cells in batch[study.spec.label]:
-                    self.tell(study, trial, trial_cells, reference_records)
+                    self.tell(study, trial, cells=trial_cells, references=reference_records)
         return [e for s in self.studies if (e := self.entry(s))]
 
-    def tell(self, study: Study, trial: optuna.trial.Trial, cells: list[Cell],
+    def tell(self, study: Study, trial: optuna.trial.Trial, *, cells: list[Cell],
              references: list[dict[str, Any] | None]) -> None:
         records = [self.store.records[identity(c)] for c in cells]
-        value = trial_value(self.objective, records, references)
+        value = trial_value(self.objective, records=records, references=references)
         if value is None:
             study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             errors = [r["error"] for r in [*records, *(x for x in references if x)]
@@ -236,7 +236,7 @@ def _text(params: dict[str, Any]) -> str:
                      for k, v in params.items())
 
 
-def tune_grid(grid: Grid, cfg: RunConfig, settings: TuneSettings) -> tuple[Path, int, int]:
+def tune_grid(grid: Grid, cfg: RunConfig, *, settings: TuneSettings) -> tuple[Path, int, int]:
     """Tune every method of every experiment; writes ``<results>/<grid>/tuned.yaml``.
     Returns (its path, cells computed, methods left without an entry). The caller holds the
     grid's lock."""
@@ -246,7 +246,7 @@ def tune_grid(grid: Grid, cfg: RunConfig, settings: TuneSettings) -> tuple[Path,
     entries: list[TunedEntry] = []
     missing = 0
     for exp in grid.experiments:
-        tuning = ExperimentTuning(grid, exp, cfg, settings=settings, store=store)
+        tuning = ExperimentTuning(grid, exp, cfg=cfg, settings=settings, store=store)
         found = tuning.tune()
         entries += found
         missing += len(tuning.studies) - len(found)
