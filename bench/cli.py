@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots-dir", type=Path, default=Path("plots"))
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="trained-model cache (default: <results-dir>/.model_cache)")
+    p.add_argument("--tune", type=int, metavar="N",
+                   help="tune every method with N trials per (dataset, architecture) on a "
+                        "validation split; writes <results-dir>/<grid>/tuned.yaml and exits")
+    p.add_argument("--tune-objective", choices=("retrain-gap", "forget-only"),
+                   default="retrain-gap",
+                   help="what --tune minimises (README: Tuning; default: retrain-gap)")
+    p.add_argument("--tune-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    p.add_argument("--tuned", metavar="FILE.yaml",
+                   help="point the grid at a tuned file: its values override the grid's "
+                        "method_params (as the grid key `tuned:`)")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and exit")
     p.add_argument("--render-only", action="store_true",
                    help="re-render tables and figures from stored records")
@@ -214,6 +224,12 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise BenchInputError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
     if args.scheduler and args.backend != "dask":
         raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
+    if args.tune is not None and args.tune < 1:
+        raise BenchInputError(f"--tune {args.tune}: must be at least 1 trial")
+    if args.tune is not None and (args.dry_run or args.render_only):
+        raise BenchInputError("--tune cannot be combined with --dry-run or --render-only")
+    if args.tune_seed < 0:
+        raise BenchInputError(f"--tune-seed {args.tune_seed}: must be at least 0")
 
 
 def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
@@ -224,7 +240,7 @@ def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
     from bench.harness.config import RunConfig
     from bench.report import render
 
-    grid = grids.load_grid(args.grid)
+    grid = grids.load_grid(args.grid, tuned=args.tuned)
     cfg = RunConfig(results_dir=args.results_dir, cache_dir=args.results_dir,
                     data_root=data_root, threads=args.threads or 1)
     try:
@@ -238,11 +254,27 @@ def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace, grid, cfg: RunConfig) -> int:
+    """``--tune N``: 1 when a method was left without an entry (every trial failed)."""
+    from bench.harness.lock import grid_lock
+    from bench.tuning.tuner import TuneSettings, tune_grid
+
+    settings = TuneSettings(trials=args.tune, objective=args.tune_objective,
+                            sampler_seed=args.tune_seed)
+    with grid_lock(args.results_dir / grid.name):
+        path, computed, missing = tune_grid(grid, cfg, settings=settings)
+    print(f"tuned with {args.tune} trials per method and (dataset, model) ({computed} cells "
+          f"computed); wrote {path}. Use it with --tuned {path} or the grid key "
+          f"`tuned: {path}`")
+    return 1 if missing else 0
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from methods import get_method, list_methods, load_plugins
+    from methods.search import describe
 
     load_plugins(args.plugin)
     if args.list_methods:
@@ -250,6 +282,7 @@ def _main(argv: list[str] | None) -> int:
             cls = get_method(name)
             needs = ",".join(sorted(cls.needs)) or "-"
             print(f"{name:22s} needs {needs:29s} {_summary(cls.__doc__)}")
+            print(f"{'':22s} tunes {describe(cls.search_space)}")
         return 0
     _check_flags(args)
     # Absolute paths: Dask workers do not share this process's working directory.
@@ -266,12 +299,19 @@ def _main(argv: list[str] | None) -> int:
     grid = grids.load_grid(
         args.grid, methods=None if args.methods is None else _methods(args.methods),
         seeds=None if args.seeds is None else _seeds(args.seeds),
-        classes=None if args.classes is None else _classes(args.classes))
+        classes=None if args.classes is None else _classes(args.classes), tuned=args.tuned)
     if args.dry_run:
         _dry_run(grid, args.results_dir)
         return 0
     device = _device(args.device)
-    for exp in grid.experiments:  # a missing dataset is bad input: fail before writing
+    # A missing dataset is bad input: fail before writing. Tuning loads only its validation
+    # view, never the test split.
+    to_load = grid.experiments
+    if args.tune is not None:
+        from bench.tuning.tuner import validation_experiment
+
+        to_load = tuple(validation_experiment(e) for e in grid.experiments)
+    for exp in to_load:
         execute.experiment_data(exp, root=data_root, download=args.download)
     if args.backend == "dask":
         # Connect even with --jobs: an unreachable scheduler is bad input before anything is
@@ -288,6 +328,8 @@ def _main(argv: list[str] | None) -> int:
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin),
         git_commit=provenance.git_commit(REPO), backend=args.backend, scheduler=args.scheduler)
     start = time.perf_counter()
+    if args.tune is not None:
+        return _tune(args, grid, cfg)
     with grid_lock(args.results_dir / grid.name):
         ran, failed = execute.run_grid(grid, cfg)
         written = render.render(grid, results_dir=args.results_dir, plots_dir=args.plots_dir,

@@ -5,6 +5,7 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.mixing import Rows, loader_rows, shuffled_batches
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 
 
 @register_method("bad_teaching", label="Bad Teaching")
@@ -56,6 +58,10 @@ class BadTeaching(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain", "architecture"})
+    # The official Adam lr 1e-4, from a decade below to two above (on small data one epoch is a
+    # handful of steps), and 1-10 epochs around the official 1 (Deep Unlearn tunes Bad
+    # Teaching's lr over [1e-5, 1e-1] and its epochs the same way).
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-5, 1e-2), "epochs": IntRange(1, 10)}
 
     epochs: int = 1
     lr: float = 1e-4

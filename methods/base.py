@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from methods.search import SearchSpace
+
 DATA_NEEDS = frozenset({"forget", "retain", "architecture"})
 
 
@@ -79,7 +81,10 @@ class UnlearningMethod(abc.ABC):
     - ``needs``: the data the harness hands over (a subset of ``DATA_NEEDS``);
     - ``cache_model``: the harness caches the unlearned model (retraining: later metrics compare
       against it);
-    - ``name``: set by ``register_method``.
+    - ``name``: set by ``register_method``;
+    - ``search_space``: the hyperparameters worth tuning and their ranges (``methods.search``);
+      empty means nothing to tune (``run_bench.py --tune`` skips the method). Checked at
+      registration against the hyperparameters.
 
     ``timings`` (phase -> seconds) may be filled by ``unlearn`` through ``task.timings``.
     """
@@ -87,6 +92,7 @@ class UnlearningMethod(abc.ABC):
     name: ClassVar[str] = "?"
     needs: ClassVar[frozenset[str]] = frozenset({"forget"})
     cache_model: ClassVar[bool] = False
+    search_space: ClassVar[SearchSpace] = {}
 
     def __post_init__(self) -> None:
         self.validate()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,7 @@ from methods.loops import (
     train_epochs,
 )
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 from methods.training import TrainRecipe, make_optimizer
 
 
@@ -37,6 +39,10 @@ class CFk(UnlearningMethod):
     """
 
     needs = frozenset({"retain"})
+    # k from 1 to 6 parameterised layers (Goel et al. vary k per architecture; every built-in
+    # architecture has more than 6), the suite's fine-tuning lr 1e-3 a decade either side,
+    # epochs 1-10. EU-k inherits this space.
+    search_space: ClassVar[SearchSpace] = {"k": IntRange(1, 6), "lr": LogUniform(1e-4, 1e-2), "epochs": IntRange(1, 10)}
 
     k: int = 3
     lr: float = 1e-3

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 from methods.training import TrainRecipe, train_model
 
 
@@ -28,6 +30,10 @@ class FineTune(UnlearningMethod):
     """
 
     needs = frozenset({"retain"})
+    # The PBU paper's lr 1e-3 and 10 epochs are the centre and the top: lr a decade either
+    # side, epochs 1-10 (Deep Unlearn tunes fine-tuning's lr over [1e-5, 1e-1] and epochs over
+    # 1..20 % of the training epochs).
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-4, 1e-2), "epochs": IntRange(1, 10)}
 
     lr: float = 1e-3
     epochs: int = 10

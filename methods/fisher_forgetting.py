@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.fisher import diagonal_fisher
 from methods.registry import register_method
+from methods.search import LogUniform, SearchSpace
 
 
 @register_method("fisher_forgetting", label="Fisher forgetting")
@@ -37,6 +39,8 @@ class FisherForgetting(UnlearningMethod):
     """
 
     needs = frozenset({"retain"})
+    # Golatkar's alpha 1e-6, two decades below and one above (1e-5 wipes a digits model).
+    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(1e-8, 1e-5)}
 
     alpha: float = 1e-6
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.loops import SGDSteps, ce_loss, chain_passes, train_epochs
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 
 
 @register_method("gradient_ascent", label="NegGrad (GA)")
@@ -28,6 +30,9 @@ class GradientAscent(SGDSteps, UnlearningMethod):
     """
 
     needs = frozenset({"forget"})
+    # Unlearn-Sparse's lr 1e-4 a decade below to two above, epochs 1-10 around its 5 (Deep
+    # Unlearn: lr [1e-5, 1e-1], epochs 1..20 % of training).
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-5, 1e-2), "epochs": IntRange(1, 10)}
 
     lr: float = 1e-4
     epochs: int = 5

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.loops import flat_grad
 from methods.registry import register_method
+from methods.search import LogUniform, SearchSpace
 
 
 @register_method("influence_unlearning", label="Influence unlearning (IU)")
@@ -36,6 +38,8 @@ class InfluenceUnlearning(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # Three decades below the CIFAR-10 script's alpha 10 (it wipes a digits model) to it.
+    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(1e-2, 10.0)}
 
     alpha: float = 10.0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.loops import SGDSteps, chain_passes, train_epochs
 from methods.registry import register_method
+from methods.search import LogUniform, SearchSpace
 
 
 @register_method("l1_sparse", label="l1-sparse")
@@ -28,6 +30,9 @@ class L1Sparse(SGDSteps, UnlearningMethod):
     """
 
     needs = frozenset({"retain"})
+    # alpha a decade either side of the paper's 5e-4; Unlearn-Sparse's lr 0.01 a decade either
+    # side.
+    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(5e-5, 5e-3), "lr": LogUniform(1e-3, 1e-1)}
 
     alpha: float = 5e-4
 

@@ -8,6 +8,7 @@ import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
+from methods.search import SearchSpace
 
 
 @register_method("logit_mask", label="Logit mask (reference)")
@@ -35,6 +36,7 @@ class LogitMask(UnlearningMethod):
     """
 
     needs = frozenset({"forget"})  # never read (see above)
+    search_space: ClassVar[SearchSpace] = {}  # nothing worth tuning: a reference row, any mask_value below the logits
     reference: ClassVar[bool] = True  # tables and figures mark it as a reference row
 
     mask_value: float = -1e4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.loops import SGDSteps, train_epochs
 from methods.mixing import take_batches
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace, Uniform
 
 
 @register_method("neggrad_plus", label="NegGrad+")
@@ -32,6 +34,10 @@ class NegGradPlus(SGDSteps, UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # alpha from 0.8 to the SCRUB repository's 0.999; lr a decade either side of 0.01; epochs
+    # 1-5 (the benchmark command's 5 at the top).
+    search_space: ClassVar[SearchSpace] = {"alpha": Uniform(0.8, 0.999), "lr": LogUniform(1e-3, 1e-1),
+                    "epochs": IntRange(1, 5)}
 
     alpha: float = 0.999
     lr: float = 0.01

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from methods.pbu import PBU
 from methods.registry import register_method
+from methods.search import SearchSpace
 
 
 @register_method("pbu_official", label="PBU (official)")
@@ -28,3 +30,5 @@ class PBUOfficial(PBU):
     epochs: int = 5
     stop_forget_acc: float | None = None
     batchnorm: str = "train"
+    # A preset of the official configuration: tuning it would turn it into ``pbu``.
+    search_space: ClassVar[SearchSpace] = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -15,6 +16,7 @@ from methods.loops import (
     train_epochs,
 )
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 
 
 @register_method("random_labels", label="Random labels")
@@ -38,6 +40,8 @@ class RandomLabels(SGDSteps, UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # Unlearn-Sparse's lr 0.01 a decade either side, epochs 1-10 (its default 10 at the top).
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-3, 1e-1), "epochs": IntRange(1, 10)}
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask,
                 grad_mask: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:

@@ -105,8 +105,10 @@ METHODS: Registry[Any] = Registry("method", error=PluginError)
 
 def register_method(name: str, *, label: str | None = None) -> Callable[[type], type]:
     """Class decorator: make the method available to grids under ``name`` (and ``label`` in
-    tables and figures). Checks the class's declared ``needs`` against the allowed set."""
+    tables and figures). Checks the class's declared ``needs`` against the allowed set and its
+    ``search_space`` against its hyperparameters."""
     from methods.base import DATA_NEEDS
+    from methods.search import check_space
 
     def decorate(cls: type) -> type:
         needs = getattr(cls, "needs", None)
@@ -115,6 +117,9 @@ def register_method(name: str, *, label: str | None = None) -> Callable[[type], 
                               f"frozenset drawn from {sorted(DATA_NEEDS)}")
         if "unlearn" in getattr(cls, "__abstractmethods__", ()):
             raise PluginError(f"method {name!r} ({where(cls)}) does not define unlearn()")
+        problem = check_space(getattr(cls, "search_space", {}), cls.default_params())
+        if problem:
+            raise PluginError(f"method {name!r} ({where(cls)}): {problem}")
         METHODS.add(name, cls, label=label)
         cls.name = name
         return cls

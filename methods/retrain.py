@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.registry import register_method
+from methods.search import SearchSpace
 
 
 @register_method("retrain", label="Re-training")
@@ -28,6 +30,7 @@ class Retrain(UnlearningMethod):
     """
 
     needs = frozenset({"retain", "architecture"})
+    search_space: ClassVar[SearchSpace] = {}  # nothing to tune: the recipe is the original model's own
     cache_model = True
 
     def unlearn(self, model: torch.nn.Module, task: UnlearningTask) -> torch.nn.Module:

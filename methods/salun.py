@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningTask
 from methods.random_labels import RandomLabels
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace, Uniform
 
 
 @register_method("salun", label="SalUn")
@@ -38,6 +40,10 @@ class SalUn(RandomLabels):
     """
 
     needs = frozenset({"forget", "retain"})
+    # Unlearn-Saliency's lr 0.013 a decade either side, epochs 1-10 (its 10 at the top), and the
+    # mask ratio over the official threshold list's range 0.1-0.9.
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1.3e-3, 1.3e-1), "epochs": IntRange(1, 10),
+                    "mask_ratio": Uniform(0.1, 0.9)}
 
     mask_ratio: float = 0.5
     lr: float = 0.013

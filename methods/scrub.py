@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.loops import SGDSteps, distill_kl, run_pass, set_train
 from methods.registry import register_method
+from methods.search import IntRange, LogUniform, SearchSpace
 
 
 @register_method("scrub", label="SCRUB")
@@ -41,6 +43,9 @@ class SCRUB(SGDSteps, UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # The official sgda_learning_rate 5e-4, from half a decade below to 1.3 decades above;
+    # epochs 2-6 around the official 3 (msteps stays 2, the official small-scale setting).
+    search_space: ClassVar[SearchSpace] = {"lr": LogUniform(1e-4, 1e-2), "epochs": IntRange(2, 6)}
 
     epochs: int = 3
     msteps: int = 2

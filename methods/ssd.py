@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
 from methods.loops import mixed_batches
 from methods.registry import register_method
+from methods.search import LogUniform, SearchSpace
 
 
 @register_method("ssd", label="SSD")
@@ -39,6 +41,9 @@ class SSD(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
+    # The official full-class alpha 10 and lambda 1, two decades either side for alpha (the
+    # SSD paper sweeps alpha over orders of magnitude) and one for lambda.
+    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(0.1, 1000.0), "dampening": LogUniform(0.1, 10.0)}
 
     alpha: float = 10.0
     dampening: float = 1.0

@@ -9,6 +9,7 @@ from bench.data.loaders import (
     make_loader,
     subsample_per_class,
     tensor_image_data,
+    validation_view,
 )
 from bench.data.registry import (
     DATASETS,
@@ -29,4 +30,5 @@ __all__ = [
     "make_loader",
     "subsample_per_class",
     "tensor_image_data",
+    "validation_view",
 ]

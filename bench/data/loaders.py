@@ -72,28 +72,54 @@ def subsample_per_class(data: ImageData, *, train_per_class: int | None,
                         test_per_class: int | None, seed: int) -> ImageData:
     """Keep at most ``*_per_class`` samples of each class per split, chosen by ``seed``.
 
-    Stratified so every class keeps its share; in-memory datasets stay in memory.
+    Stratified so every class keeps its share; in-memory datasets stay in memory. A split
+    without a cap is passed on untouched (never read).
     """
     rng = np.random.default_rng(seed)
 
-    def pick(targets: np.ndarray, per_class: int | None) -> np.ndarray:
-        if per_class is None:
-            return np.arange(len(targets))
+    def pick(targets: np.ndarray, per_class: int) -> np.ndarray:
         keep = [rng.permutation(np.flatnonzero(targets == c))[:per_class]
                 for c in np.unique(targets)]
         return np.sort(np.concatenate(keep))
 
-    def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
-        if isinstance(dataset, TensorDataset):
-            idx = torch.as_tensor(indices, dtype=torch.int64)
-            return TensorDataset(*(t[idx] for t in dataset.tensors))
-        return Subset(dataset, indices.tolist())
+    if train_per_class is not None:
+        train_idx = pick(data.train_targets, train_per_class)
+        data = dataclasses.replace(data, train=_subset(data.train, train_idx),
+                                   train_targets=data.train_targets[train_idx])
+    if test_per_class is not None:
+        test_idx = pick(data.test_targets, test_per_class)
+        data = dataclasses.replace(data, test=_subset(data.test, test_idx),
+                                   test_targets=data.test_targets[test_idx])
+    return data
 
-    train_idx = pick(data.train_targets, train_per_class)
-    test_idx = pick(data.test_targets, test_per_class)
+
+def _subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    if isinstance(dataset, TensorDataset):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return TensorDataset(*(t[idx] for t in dataset.tensors))
+    return Subset(dataset, indices.tolist())
+
+
+def validation_view(data: ImageData, *, fraction: float, seed: int) -> ImageData:
+    """The data tuning sees: ``fraction`` of each class's training samples (at least one, and
+    at least one left to train on), drawn by ``seed``, become the evaluation split; the rest
+    is the training split. The test split is dropped unread, so nothing tuned on this view
+    has seen it.
+
+    Per class, like Deep Unlearn's validation split (xcadet/deepunlearn, munl/datasets), so
+    every forget class has validation samples.
+    """
+    rng = np.random.default_rng([seed, 1])  # a stream apart from subsample_per_class's
+    held: list[np.ndarray] = []
+    for c in np.unique(data.train_targets):
+        members = rng.permutation(np.flatnonzero(data.train_targets == c))
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held.append(members[:count])
+    val_idx = np.sort(np.concatenate(held))
+    train_idx = np.setdiff1d(np.arange(len(data.train_targets)), val_idx)
     return dataclasses.replace(
-        data, train=subset(data.train, train_idx), test=subset(data.test, test_idx),
-        train_targets=data.train_targets[train_idx], test_targets=data.test_targets[test_idx])
+        data, train=_subset(data.train, train_idx), test=_subset(data.train, val_idx),
+        train_targets=data.train_targets[train_idx], test_targets=data.train_targets[val_idx])
 
 
 def make_loader(dataset: Dataset, indices: np.ndarray, *, batch_size: int, shuffle: bool,

@@ -49,6 +49,7 @@ from bench.harness.store import append_record, repair_tail
 from bench.metrics import accuracy, paper_metrics, predict_logits, split_logits
 from bench.metrics.extended import CellInputs, extended_metrics
 from bench.models import build_model
+from bench.tuning.objective import FORGET_AGREEMENT, forget_agreement
 from methods import UnlearningTask, get_method, load_plugins
 from methods.training import train_model
 
@@ -204,6 +205,7 @@ def _record_base(cell: Cell, cfg: RunConfig) -> dict[str, Any]:
     return {"cell": cell.key, "config_hash": cell.config_hash, "dataset": exp.dataset,
             "arch": exp.arch, "forget_classes": cell.classes_text, "method": cell.label,
             "registered_method": cell.method, "seed": cell.seed, "params": cell.params,
+            "param_sources": exp.param_sources.get(cell.label, {}),
             "train": exp.train.as_dict(), **exp.data_spec,
             "code_version": cell.code_version,
             "data_fingerprint": cell.context.data_fingerprint,
@@ -235,6 +237,13 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
         loaders = {**_class_loaders(data, cell.forget_classes, device, split="train"),
                    **_class_loaders(data, cell.forget_classes, device, split="test")}
         logits = split_logits(model, loaders, device=device)
+        if cell.experiment.validation is not None:
+            # Tuning's view: its objectives read the paper's accuracies and the forget-only
+            # score; the costlier metrics beyond the paper are left to the grid's own cells.
+            return {**base, **paper_metrics(logits, seed=cell.seed), **fields,
+                    FORGET_AGREEMENT: forget_agreement(
+                        model, original, forget_classes=cell.forget_classes, device=device,
+                        forget=loaders["forget_test"])}
         start = time.perf_counter()
         retrained = (model if cell.method == "retrain"
                      else _retrained(cell, original, data, cfg=cfg))
@@ -274,7 +283,7 @@ def _markers_dir(cfg: RunConfig, grid: Grid) -> Path:
     return folder
 
 
-def _run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
+def run_cells(cells: list[Cell], cfg: RunConfig, *, grid: Grid,
                on_record: Callable[[dict[str, Any]], None]) -> None:
     """Run ``cells``; when a worker dies, the cells that were running are rerun one at a time
     in a fresh worker, and the one that dies again becomes an error record."""
@@ -351,5 +360,5 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
                  record["acc_forget_test"], record["acc_retain_test"], record["mia"],
                  record["time_s"])
 
-    _run_cells(pending, cfg, grid=grid, on_record=on_record)
+    run_cells(pending, cfg, grid=grid, on_record=on_record)
     return len(pending), counts["failed"]

@@ -34,8 +34,12 @@ from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
 from bench.harness.yaml_file import read_yaml
 from bench.models import check_arch, check_pretrained
+from bench.tuning import tuned_file
 from methods import RegistryError, get_method, list_methods
 from methods.training import TrainRecipe
+
+# (label, dataset, arch) -> the grid's tuned-file entry
+_TunedEntries = dict[tuple[str, str, str], tuned_file.TunedEntry]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 
@@ -107,6 +111,7 @@ class GridSchema(_Strict):
         default_factory=lambda: list(PAPER_METHODS))
     experiments: Annotated[list[ExperimentSchema], Field(min_length=1)]
     curves: Annotated[bool, Field(strict=True)] = False
+    tuned: str | None = None    # a tuned.yaml whose values override method_params
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,16 +130,21 @@ class Experiment:
     forget_classes: tuple[tuple[int, ...], ...]
     train: TrainRecipe
     params: dict[str, dict[str, Any]]   # method label -> resolved hyperparameters
+    # method label -> {hyperparameter: "default" | "grid" | "tuned"}
+    param_sources: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     split_seed: int = 0
     train_per_class: int | None = None
     test_per_class: int | None = None
     pretrained: str | None = None
+    # Tuning's view: this fraction of each class's training samples is the evaluation split
+    # and the test split is never read (bench.data.validation_view); None for every grid cell.
+    validation: float | None = None
 
     @property
     def data_spec(self) -> dict[str, Any]:
         """Everything that determines the images a model sees (part of every cache key)."""
         spec: dict[str, Any] = {"dataset": self.dataset, "split_seed": self.split_seed}
-        for key in ("train_per_class", "test_per_class"):
+        for key in ("train_per_class", "test_per_class", "validation"):
             if getattr(self, key) is not None:
                 spec[key] = getattr(self, key)
         return spec
@@ -152,6 +162,7 @@ class Grid:
     methods: tuple[MethodSpec, ...]
     experiments: tuple[Experiment, ...]
     curves: bool = False
+    tuned: str | None = None
 
 
 def _path_text(loc: tuple) -> str:
@@ -230,8 +241,23 @@ def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dic
     return _construct(get_method(method), overrides, where=where, path=path).params()
 
 
+def _resolved(spec: MethodSpec, *, grid_params: dict[str, Any],
+              tuned: tuned_file.TunedEntry | None, where: str, path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A label's full hyperparameters and each one's source (default < grid < tuned; a
+    variant's own params are never replaced)."""
+    if tuned is not None and tuned.registered_method != spec.method:
+        raise _invalid(where, path, tuned.registered_method,
+                       f"the tuned file's entry for {spec.label!r} was made for method "
+                       f"{tuned.registered_method!r}, but this grid's {spec.label!r} is "
+                       f"method {spec.method!r}")
+    overrides, sources = tuned_file.resolve(grid=grid_params, pinned=set(spec.params),
+                                            tuned=tuned)
+    params = _method_params(spec.method, overrides, where=where, path=path)
+    return params, {name: sources.get(name, "default") for name in params}
+
+
 def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ...], *,
-                where: str) -> Experiment:
+                where: str, tuned: _TunedEntries) -> Experiment:
     path = f"experiments[{index}]"
     try:
         info = dataset_info(raw.dataset)
@@ -257,13 +283,16 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
         # Settings for a registered method the grid does not run (``--methods`` may add it).
         _method_params(label, overrides, where=where,
                        path=f"{path}.method_params.{label}")
-    params = {m.label: _method_params(m.method,
-                                      {**m.params, **raw.method_params.get(m.label, {})},
-                                      where=where, path=f"{path}.method_params.{m.label}")
-              for m in methods}
+    resolved = {m.label: _resolved(m, grid_params={**m.params,
+                                                   **raw.method_params.get(m.label, {})},
+                                   tuned=tuned.get((m.label, info.name, raw.arch)),
+                                   where=where, path=f"{path}.method_params.{m.label}")
+                for m in methods}
     train = _construct(TrainRecipe, raw.train, where=where, path=f"{path}.train")
     return Experiment(dataset=info.name, arch=raw.arch, forget_classes=tuple(raw.forget_classes),
-                      train=train, params=params, split_seed=raw.split_seed,
+                      train=train, params={k: v[0] for k, v in resolved.items()},
+                      param_sources={k: v[1] for k, v in resolved.items()},
+                      split_seed=raw.split_seed,
                       train_per_class=raw.train_per_class, test_per_class=raw.test_per_class,
                       pretrained=raw.pretrained)
 
@@ -281,6 +310,27 @@ def _method_spec(entry: str | MethodEntry, index: int, *, where: str) -> MethodS
     return MethodSpec(label=entry.name, method=method, params=dict(entry.params))
 
 
+def _tuned_entries(path: str | None, *, where: str) -> _TunedEntries:
+    """(label, dataset, arch) -> entry of the grid's tuned file; none without one."""
+    if path is None:
+        return {}
+    try:
+        doc = tuned_file.TunedFile.model_validate(tuned_file.read_tuned(path))
+    except BenchInputError as exc:
+        raise BenchInputError(f"{where}: tuned = {path!r}: {exc}") from None
+    except ValidationError as exc:
+        raise _validation_error(exc, f"{where}: tuned file {path!r}") from None
+    for i, entry in enumerate(doc.entries):  # values the method would refuse: the file's fault
+        try:
+            get_method(entry.registered_method)
+        except RegistryError as exc:
+            raise BenchInputError(f"{where}: tuned file {path!r}: entries[{i}]: {exc}") from None
+        _method_params(entry.registered_method, entry.params, path=f"entries[{i}].params",
+                       where=f"{where}: tuned file {path!r}")
+    tuned_file.warn_if_stale(doc, path)
+    return doc.lookup()
+
+
 def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
     """Validate a grid given as data (``where`` names its source in error messages)."""
     try:
@@ -295,8 +345,10 @@ def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
                            "method labels must be unique and not 'original'")
     seeds = (tuple(range(schema.seeds)) if isinstance(schema.seeds, int)
              else tuple(schema.seeds))
+    tuned = _tuned_entries(schema.tuned, where=where)
     return Grid(name=schema.name, seeds=seeds, methods=methods, curves=schema.curves,
-                experiments=tuple(_experiment(e, i, methods, where=where)
+                tuned=schema.tuned,
+                experiments=tuple(_experiment(e, i, methods, where=where, tuned=tuned)
                                   for i, e in enumerate(schema.experiments)))
 
 
@@ -311,8 +363,9 @@ def load_raw_grid(name_or_path: str) -> tuple[dict[str, Any], str]:
 
 
 def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
-           classes: list[list[int]] | None = None) -> Any:
-    """Apply ``--methods``/``--seeds``/``--classes`` to the raw grid, before it is parsed.
+           classes: list[list[int]] | None = None, tuned: str | None = None) -> Any:
+    """Apply ``--methods``/``--seeds``/``--classes``/``--tuned`` to the raw grid, before it
+    is parsed.
 
     A method outside the grid is added with its defaults; ``classes`` replaces every
     experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
@@ -334,6 +387,8 @@ def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int
                                         if k not in dropped}
     if seeds is not None:
         raw["seeds"] = seeds
+    if tuned is not None:
+        raw["tuned"] = tuned
     if classes is not None and isinstance(raw.get("experiments"), list):
         raw["experiments"] = [{**e, "forget_classes": classes} if isinstance(e, dict) else e
                               for e in raw["experiments"]]

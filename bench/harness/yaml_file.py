@@ -26,8 +26,9 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[key]
 
 
-def read_yaml(path: str | Path) -> Any:
-    """The document in ``path``; every problem is a one-line ``BenchInputError``."""
+def read_yaml(path: str | Path, *, kind: str = "grid file") -> Any:
+    """The document in ``path``; every problem is a one-line ``BenchInputError`` that names
+    the file as ``kind``."""
     from bench.errors import BenchInputError
 
     path = Path(path)
@@ -35,15 +36,15 @@ def read_yaml(path: str | Path) -> Any:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise BenchInputError(f"cannot read grid file {str(path)!r}: "
+        raise BenchInputError(f"cannot read {kind} {str(path)!r}: "
                               f"{exc.strerror or exc}") from None
     if len(data) > MAX_BYTES:
-        raise BenchInputError(f"grid file {str(path)!r} is larger than {MAX_BYTES} bytes; "
-                              "a grid needs a few kB")
+        raise BenchInputError(f"{kind} {str(path)!r} is larger than {MAX_BYTES} bytes; "
+                              "it needs a few kB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BenchInputError(f"grid file {str(path)!r} is not UTF-8 text: {exc.reason} "
+        raise BenchInputError(f"{kind} {str(path)!r} is not UTF-8 text: {exc.reason} "
                               f"at byte {exc.start}") from None
     loader = _LOADER(text)
     try:
@@ -52,11 +53,11 @@ def read_yaml(path: str | Path) -> Any:
             return None
         size = _expanded_size(node, {})
         if size > MAX_EXPANDED_NODES:
-            raise BenchInputError(f"grid file {str(path)!r} expands to {size:,} YAML nodes "
+            raise BenchInputError(f"{kind} {str(path)!r} expands to {size:,} YAML nodes "
                                   f"through its aliases; at most {MAX_EXPANDED_NODES:,} allowed")
         return loader.construct_document(node)
     except (yaml.YAMLError, RecursionError) as exc:
         detail = " ".join(str(exc).split())[:300]
-        raise BenchInputError(f"grid file {str(path)!r} is not valid YAML: {detail}") from None
+        raise BenchInputError(f"{kind} {str(path)!r} is not valid YAML: {detail}") from None
     finally:
         loader.dispose()
