@@ -90,7 +90,8 @@ def test_full_data_grid_is_the_whole_dataset_with_the_fashion_recipe():
 
     grid = full_data_grid(dataset="fashion-mnist", archs=["smallcnn", "pbu_resnet18"],
                           forget_class=6, seed=3)
-    assert [m.label for m in grid.methods] == ["retrain", "pbu"]
+    assert [m.label for m in grid.methods] == ["retrain", "pbu", "pbu_mc"]
+    assert grid.experiments[0].params["pbu_mc"]["fisher"] == "mc"
     assert grid.seeds == (3,)
     fashion = BUILTIN_GRIDS["fashion"]["experiments"][0]["train"]
     for exp, arch in zip(grid.experiments, ["smallcnn", "pbu_resnet18"], strict=True):
@@ -111,13 +112,14 @@ def test_full_data_report_gives_pbus_share_of_retraining():
                     record("original", 500.0)]).splitlines()
     assert lines[1].split() == ["smallcnn", "original", "500.0", "-", "1.50", "80.25"]
     assert lines[3].split() == ["smallcnn", "pbu", "12.0", "4.0", "1.50", "80.25"]
-    assert lines[4] == "smallcnn       PBU takes 2.5 % of retraining's time"
+    assert lines[4] == "smallcnn       pbu takes 2.5 % of retraining's time"
 
 
 def test_full_data_command_runs_the_cells_and_prints_the_ratio(tmp_path, capsys):
     assert perf_main(["full-data", "--dataset", "digits", "--archs", "smallcnn",
                       "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in out[1:4]] == ["original", "retrain", "pbu"]
-    assert out[-1].startswith("smallcnn       PBU takes ")
+    assert [line.split()[1] for line in out[1:5]] == ["original", "retrain", "pbu", "pbu_mc"]
+    assert out[-2].startswith("smallcnn       pbu takes ")
+    assert out[-1].startswith("smallcnn       pbu_mc takes ")
     assert (tmp_path / "full-data" / "runs.jsonl").exists()
