@@ -240,8 +240,15 @@ def test_two_concurrent_runs_compute_each_cell_once(tmp_path):
 
 
 def test_ctrl_c_ends_with_one_line_and_keeps_finished_records(tmp_path):
+    # A method that stalls on forget class 3 keeps the grid running until the interrupt
+    # arrives: with fast cells the grid could otherwise finish first and exit 0.
+    plugin = tmp_path / "sleeper.py"
+    plugin.write_text(KILLER_PLUGIN.format(name="sleeper", marker=1).replace(
+        "import os, signal", "import os, signal, time").replace(
+        "os.kill(os.getpid(), signal.SIGKILL)", "time.sleep(20)"))
     _grid(tmp_path)
-    proc = _start(tmp_path, "--grid", "grid.yaml", "--jobs", "2")
+    proc = _start(tmp_path, "--grid", "grid.yaml", "--jobs", "2", "--plugin", str(plugin),
+                  "--methods", "sleeper")
     runs = tmp_path / "results" / "tiny" / "runs.jsonl"
     deadline = time.monotonic() + 300
     while not (runs.exists() and runs.read_text().count("\n") >= 1):
