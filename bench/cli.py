@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.errors import BenchInputError
 from bench.harness.config import RunConfig
-from methods.registry import RegistryError
+from methods.lookup import RegistryError
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchInputError
-from methods.registry import Registry
+from methods.lookup import Registry
 
 log = logging.getLogger(__name__)
 

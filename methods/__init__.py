@@ -14,6 +14,7 @@ from methods.gradient_ascent import GradientAscent
 from methods.influence_unlearning import InfluenceUnlearning
 from methods.l1_sparse import L1Sparse
 from methods.logit_mask import LogitMask
+from methods.lookup import PluginError, Registry, RegistryError
 from methods.neggrad_plus import NegGradPlus
 from methods.pbu import PBU
 from methods.pbu_official import PBUOfficial
@@ -21,9 +22,6 @@ from methods.random_labels import RandomLabels
 from methods.registry import (
     ENTRY_POINT_GROUP,
     METHODS,
-    PluginError,
-    Registry,
-    RegistryError,
     create_method,
     get_method,
     list_methods,

@@ -64,14 +64,6 @@ class CellShape:
     train_epochs: int        # the original model's training recipe
 
 
-def require_positive(obj: object, *names: str) -> None:
-    """``ValueError`` naming the first of ``names`` whose value on ``obj`` is not > 0."""
-    for name in names:
-        value = getattr(obj, name)
-        if value is None or not value > 0:
-            raise ValueError(f"{name}={value!r}: must be greater than 0")
-
-
 @dataclass(kw_only=True)
 class UnlearningMethod(abc.ABC):
     """Base class of every method. Built-in methods are ``@dataclass(kw_only=True)`` whose fields

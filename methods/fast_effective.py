@@ -8,12 +8,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from methods.base import (
-    CellShape,
-    UnlearningMethod,
-    UnlearningTask,
-    require_positive,
-)
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.checks import require_positive
 from methods.mixing import Rows, balanced_rows, loader_rows, shuffled_batches
 from methods.registry import register_method
 from methods.search import LogUniform, SearchSpace

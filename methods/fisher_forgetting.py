@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.checks import require_positive
 from methods.fisher import diagonal_fisher
 from methods.registry import register_method
 from methods.search import LogUniform, SearchSpace

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import require_positive
+from methods.checks import require_positive
 
 Batch = Any  # a tensor or a (nested) tuple of tensors; moved to the device as a whole
 LossFn = Callable[[Batch, int], torch.Tensor]  # (batch on device, epoch) -> scalar loss

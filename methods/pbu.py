@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from methods.base import CellShape, UnlearningMethod, UnlearningTask, require_positive
+from methods.base import CellShape, UnlearningMethod, UnlearningTask
+from methods.checks import require_positive
 from methods.fisher import KINDS as FISHER_KINDS
 from methods.fisher import diagonal_fisher
 from methods.registry import register_method

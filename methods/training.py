@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import require_positive
+from methods.checks import require_positive
 
 log = logging.getLogger(__name__)
 

@@ -232,7 +232,8 @@ def _start(folder: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "run_bench.py"), "--results-dir",
                              "results", "--plots-dir", "plots", *args], cwd=folder, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)
+                            start_new_session=True,
+                            preexec_fn=_default_sigint)  # noqa: PLW1509 (one signal call)
 
 
 def test_two_concurrent_runs_compute_each_cell_once(tmp_path):

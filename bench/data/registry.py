@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bench.errors import BenchInputError
-from methods.registry import Registry
+from methods.lookup import Registry
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,9 +37,9 @@ def _dependencies(module: types.ModuleType, roots: tuple[str, ...]) -> list[type
     return found
 
 
-def source_hash(*modules: types.ModuleType, roots: tuple[str, ...]) -> str:
-    """Hash of the source of ``modules`` and of every module under ``roots`` they use,
-    transitively: an edit to a helper changes the hash of every method that calls it."""
+def module_closure(*modules: types.ModuleType, roots: tuple[str, ...]
+                   ) -> dict[str, types.ModuleType]:
+    """``modules`` and every module under ``roots`` they use, transitively, by name."""
     seen: dict[str, types.ModuleType] = {}
     todo = list(modules)
     while todo:
@@ -48,6 +48,16 @@ def source_hash(*modules: types.ModuleType, roots: tuple[str, ...]) -> str:
             continue
         seen[module.__name__] = module
         todo += _dependencies(module, roots)
+    return seen
+
+
+def source_hash(*modules: types.ModuleType, roots: tuple[str, ...]) -> str:
+    """Hash of the source of ``modules`` and of every module under ``roots`` they use,
+    transitively: an edit to a helper changes the hash of every method that calls it."""
+    return _source_digest(module_closure(*modules, roots=roots))
+
+
+def _source_digest(seen: dict[str, types.ModuleType]) -> str:
     digest = hashlib.sha256()
     for name in sorted(seen):
         try:
@@ -72,13 +82,18 @@ def code_version(cls: type) -> str:
     return source_hash(*modules, roots=roots)
 
 
-@functools.cache
-def training_code_version() -> str:
-    """Version of what trains an original model: the training recipe and the architectures."""
+def training_modules() -> dict[str, types.ModuleType]:
+    """What trains an original model: the training recipe, the architectures and the modules
+    they use. Kept free of the method API, so editing it does not retrain every original."""
     from bench import models
     from methods import training
 
-    return source_hash(training, models, roots=("methods", "bench"))
+    return module_closure(training, models, roots=("methods", "bench"))
+
+
+@functools.cache
+def training_code_version() -> str:
+    return _source_digest(training_modules())
 
 
 def data_fingerprint(data: ImageData) -> str:
