@@ -19,6 +19,7 @@ class PBUOfficial(PBU):
     Args: as ``pbu``; only these defaults differ.
         epochs: 5 (official code).
         stop_forget_acc: None (official code has no stopping rule).
+        logit_anchor: 0 (the paper's objective has no such term).
         batchnorm: "train" (official code).
 
     Departures from the official code: the analytic penalty gradient (the same update) and the
@@ -29,6 +30,7 @@ class PBUOfficial(PBU):
     lr: float = 1e-4
     epochs: int = 5
     stop_forget_acc: float | None = None
+    logit_anchor: float = 0.0
     batchnorm: str = "train"
     # A preset of the official configuration: tuning it would turn it into ``pbu``.
     search_space: ClassVar[SearchSpace] = {}

@@ -58,7 +58,7 @@ experiments:
     arch: smallcnn
     forget_classes: [[2]]
     train: {epochs: 3}
-    method_params: {finetune: {epochs: 1, lr: 0.003}, pbu: {lr: 0.00003}}
+    method_params: {finetune: {epochs: 1, lr: 0.003}, pbu: {epochs: 5}}
 """
 TINY_CELLS = 3
 

@@ -40,7 +40,7 @@ def test_every_method_gets_its_defaults_plus_the_grids_overrides():
 
 def test_labelled_entries_resolve_method_params_and_experiment_overrides():
     exp = load_grid("pbu-ablation").experiments[0]
-    assert exp.params["pbu_beta0"] == {**PBU.default_params(), "beta": 0.0, "lr": 3e-5}
+    assert exp.params["pbu_beta0"] == {**PBU.default_params(), "beta": 0.0}
     assert exp.params["pbu_mc"]["fisher"] == "mc"
     assert exp.params["pbu_official"] == {**PBUOfficial.default_params(), "epochs": 235}
     assert PBUOfficial.default_params()["batchnorm"] == "train"

@@ -204,12 +204,13 @@ def test_failed_cell_goes_to_errors_jsonl_and_the_grid_finishes(unit_grid, run_c
 
 
 def test_a_collapse_is_a_warning_in_the_record(unit_grid, run_cfg, original):
-    """PBU with its learning rate forced far too high and no stopping rule drives every sample
-    to one class; the record says so, from the forget samples alone."""
+    """PBU with its learning rate forced far too high, no stopping rule and no logit anchor
+    drives every sample to one class; the record says so, from the forget samples alone."""
     base = find_cell(unit_grid, "pbu")
     cell = Cell(experiment=base.experiment, forget_classes=(2,), label="pbu_lr_high",
                 method="pbu", seed=0,
-                params={**base.params, "lr": 0.01, "stop_forget_acc": None, "epochs": 10})
+                params={**base.params, "lr": 0.01, "stop_forget_acc": None, "epochs": 10,
+                        "logit_anchor": 0.0})
     record = run_cell(cell, run_cfg, curves=False)
     assert "error" not in record, record.get("traceback")
     assert record["acc_retain_test"] < 30  # it did collapse

@@ -1,0 +1,1 @@
+"""Studies behind the suite's defaults, rerunnable: each says how a default was chosen."""
