@@ -33,6 +33,7 @@ from bench.data import dataset_info
 from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
 from bench.harness.yaml_file import read_yaml
+from bench.metrics.shadows import shadow_count_problem
 from bench.models import check_arch, check_pretrained
 from bench.tuning import tuned_file
 from methods import RegistryError, get_method, list_methods
@@ -80,6 +81,13 @@ Count = Annotated[PositiveInt, NoBool]
 ForgetSet = Annotated[Index | list[Index], AfterValidator(_forget_set)]
 
 
+def _shadow_count(value: int) -> int:
+    problem = shadow_count_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=False)
 
@@ -112,6 +120,7 @@ class GridSchema(_Strict):
     experiments: Annotated[list[ExperimentSchema], Field(min_length=1)]
     curves: Annotated[bool, Field(strict=True)] = False
     tuned: str | None = None    # a tuned.yaml whose values override method_params
+    shadows: Annotated[Count, AfterValidator(_shadow_count)] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +172,8 @@ class Grid:
     experiments: tuple[Experiment, ...]
     curves: bool = False
     tuned: str | None = None
+    # Shadow-model privacy over seeds 0..shadows-1 (bench/metrics/shadows.py); None: off.
+    shadows: int | None = None
 
 
 def _path_text(loc: tuple) -> str:
@@ -345,9 +356,14 @@ def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
                            "method labels must be unique and not 'original'")
     seeds = (tuple(range(schema.seeds)) if isinstance(schema.seeds, int)
              else tuple(schema.seeds))
+    if schema.shadows:
+        # The shadow models are the grid's own cells at seeds 0..K-1, retrained ones included.
+        seeds = tuple(sorted(set(seeds) | set(range(schema.shadows))))
+        if "retrain" not in labels:
+            methods += (MethodSpec(label="retrain", method="retrain", params={}),)
     tuned = _tuned_entries(schema.tuned, where=where)
     return Grid(name=schema.name, seeds=seeds, methods=methods, curves=schema.curves,
-                tuned=schema.tuned,
+                tuned=schema.tuned, shadows=schema.shadows,
                 experiments=tuple(_experiment(e, i, methods, where=where, tuned=tuned)
                                   for i, e in enumerate(schema.experiments)))
 
@@ -363,9 +379,10 @@ def load_raw_grid(name_or_path: str) -> tuple[dict[str, Any], str]:
 
 
 def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
-           classes: list[list[int]] | None = None, tuned: str | None = None) -> Any:
-    """Apply ``--methods``/``--seeds``/``--classes``/``--tuned`` to the raw grid, before it
-    is parsed.
+           classes: list[list[int]] | None = None, tuned: str | None = None,
+           shadows: int | None = None) -> Any:
+    """Apply ``--methods``/``--seeds``/``--classes``/``--tuned``/``--shadows`` to the raw grid,
+    before it is parsed.
 
     A method outside the grid is added with its defaults; ``classes`` replaces every
     experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
@@ -389,6 +406,8 @@ def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int
         raw["seeds"] = seeds
     if tuned is not None:
         raw["tuned"] = tuned
+    if shadows is not None:
+        raw["shadows"] = shadows
     if classes is not None and isinstance(raw.get("experiments"), list):
         raw["experiments"] = [{**e, "forget_classes": classes} if isinstance(e, dict) else e
                               for e in raw["experiments"]]
