@@ -65,7 +65,8 @@ def shadow_table(records: list[dict[str, Any]], *, count: int) -> pd.DataFrame:
             values = {**{m.name: math.nan for m in SHADOW_METRICS},
                       "notes": "; ".join(missing) + " (with scores: rerun with --shadows)"}
         else:
-            log.info("shadow analysis %s: %d models a side", "/".join(key), count)
+            log.info("shadow analysis %s: %d seeds, %d models a side", "/".join(key), count,
+                     count // 2)
             values = _row(method, retrained, count)
         rows.append({**dict(zip(KEYS, key)), "K": count, **values})
     table = pd.DataFrame(rows, columns=COLUMNS)
