@@ -348,9 +348,8 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
         log.info("trained original %s in %.1fs", which, train_s)
     errors = out.with_name("errors.jsonl")
     shadow_total = sum(c.shadow_scores for c in cells)
-    counts = {"done": 0, "failed": 0,
-              "shadows": shadow_total - sum(c.shadow_scores for c in pending)}
     pending_shadows = {c.key for c in pending if c.shadow_scores}
+    counts = {"done": 0, "failed": 0, "shadows": shadow_total - len(pending_shadows)}
 
     def on_record(record: dict[str, Any]) -> None:
         counts["done"] += 1

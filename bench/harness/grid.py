@@ -32,6 +32,7 @@ from pydantic import (
 from bench.data import dataset_info
 from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
+from bench.harness.narrowing import narrow
 from bench.harness.yaml_file import read_yaml
 from bench.metrics.shadows import shadow_count_problem
 from bench.models import check_arch, check_pretrained
@@ -376,42 +377,6 @@ def load_raw_grid(name_or_path: str) -> tuple[dict[str, Any], str]:
         raise BenchInputError(f"unknown grid {name_or_path!r}; built-in grids: "
                               f"{', '.join(sorted(BUILTIN_GRIDS))}, or a .yaml/.yml file")
     return read_yaml(name_or_path), f"grid file {name_or_path!r}"
-
-
-def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
-           classes: list[list[int]] | None = None, tuned: str | None = None,
-           shadows: int | None = None) -> Any:
-    """Apply ``--methods``/``--seeds``/``--classes``/``--tuned``/``--shadows`` to the raw grid,
-    before it is parsed.
-
-    A method outside the grid is added with its defaults; ``classes`` replaces every
-    experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
-    """
-    if not isinstance(raw, dict):
-        return raw  # the parser reports it
-    raw = copy.deepcopy(raw)
-    if methods is not None:
-        entries = raw.get("methods", list(PAPER_METHODS))
-        by_label = {(e if isinstance(e, str) else e.get("name")): e for e in entries
-                    if isinstance(e, (str, dict))}
-        raw["methods"] = [by_label.get(m, m) for m in methods]
-        # Settings of the labels left out go with them (a registered method's stay: it may
-        # be added back by name).
-        dropped = set(by_label) - set(methods) - set(list_methods())
-        for exp in raw.get("experiments") or []:
-            if isinstance(exp, dict) and isinstance(exp.get("method_params"), dict):
-                exp["method_params"] = {k: v for k, v in exp["method_params"].items()
-                                        if k not in dropped}
-    if seeds is not None:
-        raw["seeds"] = seeds
-    if tuned is not None:
-        raw["tuned"] = tuned
-    if shadows is not None:
-        raw["shadows"] = shadows
-    if classes is not None and isinstance(raw.get("experiments"), list):
-        raw["experiments"] = [{**e, "forget_classes": classes} if isinstance(e, dict) else e
-                              for e in raw["experiments"]]
-    return raw
 
 
 def load_grid(name_or_path: str, **narrowing: Any) -> Grid:

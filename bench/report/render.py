@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from bench.harness.cells import Context, current_records
 from bench.harness.grid import Grid
 from bench.harness.store import read_records, write_atomic
@@ -46,16 +44,17 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
     written = []
     flags = flagged(frame)
     notes = [n for n in (warning_note(flags), provenance_note(frame)) if n]
-    shadows = (shadow_table(records, count=grid.shadows) if grid.shadows
-               else pd.DataFrame())
+    shadow_block = ""
     if grid.shadows:
+        shadows = shadow_table(records, count=grid.shadows)
         write_atomic(out / "shadows.csv", shadows.to_csv(index=False, float_format="%.4f"))
         written.append(out / "shadows.csv")
+        shadow_block = shadow_markdown(shadows)
     for name, text in (("summary.csv", summary.to_csv(index=False, float_format="%.4f")),
                        ("table.md", "\n".join(
                            part for part in (markdown_table(summary, flags),
                                              extended_markdown_table(summary),
-                                             shadow_markdown(shadows),
+                                             shadow_block,
                                              "\n\n".join(notes) + "\n") if part)),
                        ("table.tex", latex_table(summary, flags)
                         + "".join(f"% {n}\n" for n in notes))):

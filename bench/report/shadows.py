@@ -53,8 +53,7 @@ def shadow_table(records: list[dict[str, Any]], *, count: int) -> pd.DataFrame:
     metrics over seeds 0..count-1, NaN with a note where a seed's record is missing."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        if "error" not in record:
-            groups[tuple(str(record[k]) for k in KEYS)].append(record)
+        groups[tuple(str(record[k]) for k in KEYS)].append(record)
     rows = []
     for key, members in groups.items():
         method, method_missing = _by_seed(members, count)
