@@ -19,7 +19,14 @@ from bench.metrics.forget_quality import (
     example_epsilon,
     forgetting_quality,
 )
-from bench.metrics.shadows import SHADOW_FIELD, shadow_metrics
+from bench.metrics.shadows import (
+    MAX_SPLITS,
+    SHADOW_FIELD,
+    seed_halves,
+    seed_splits,
+    shadow_metrics,
+    split_attack,
+)
 from bench.metrics.ulira import ulira_statistics
 
 
@@ -92,6 +99,27 @@ def test_shadow_metrics_of_a_separable_method_and_of_an_identical_one():
     same = shadow_metrics(method=retrained[:, :40], retrained=retrained[:, :40].copy())
     # The halves are crossed, so even identical matrices compare different models: no leak.
     assert abs(same["shadow_auc"] - 0.5) < 0.1
+
+
+def test_seed_splits_hold_each_split_once_and_sample_past_the_cap():
+    splits = seed_splits(6)
+    assert len(splits) == 10  # C(6, 3) / 2: a split and its mirror image are one
+    assert splits[0] == seed_halves(6)
+    assert len({frozenset(map(frozenset, split)) for split in splits}) == 10
+    assert all(sorted(a + b) == list(range(6)) and len(a) == 3 for a, b in splits)
+    many = seed_splits(12)  # 462 splits
+    assert len(many) == MAX_SPLITS and many[0] == seed_halves(12)
+    assert len({tuple(a) for a, _ in many}) == MAX_SPLITS
+    assert many == seed_splits(12)  # seeded: the same splits every run
+
+
+def test_the_mean_over_splits_reads_retraining_as_a_null_where_one_split_does_not():
+    # Whole models differ: model i is i units more confident on every example. The first split
+    # puts the 4 least confident on one side, and its attack "separates" retraining from itself.
+    retrained = _scores(8) + np.arange(8.0)[:, None]
+    assert split_attack(retrained, retrained.copy(), seed_halves(8)).auc > 0.9
+    assert abs(shadow_metrics(method=retrained, retrained=retrained.copy())["shadow_auc"]
+               - 0.5) < 0.03
 
 
 # ------------------------------------------------------------------ grid and cells

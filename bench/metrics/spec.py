@@ -64,7 +64,8 @@ METRICS: tuple[Metric, ...] = (
 # seeds, not per cell, so not in summary.csv; results/<grid>/shadows.csv holds them.
 SHADOW_METRICS: tuple[Metric, ...] = (
     Metric(name="shadow_auc", label="U-LiRA AUC", unit="", better="retrain",
-           description="U-LiRA AUC, unlearned vs retrained held-out models (0.5: no leak)"),
+           description=("U-LiRA AUC, unlearned vs retrained held-out models, mean over "
+                        "splits of the seeds (0.5: no leak)")),
     Metric(name="shadow_tpr_1fpr", label="U-LiRA TPR@1%", unit="", better="retrain",
            description="U-LiRA TPR at 1 % FPR (NaN below 1,000 non-member pairs)"),
     Metric(name="shadow_tpr_01fpr", label="U-LiRA TPR@0.1%", unit="", better="retrain",

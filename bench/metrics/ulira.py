@@ -7,7 +7,8 @@ scores under the unlearned shadows and one under the retrained shadows, and scor
 model's output by the log-likelihood ratio (high: looks unlearned). The means are per
 example; the standard deviation of each side is pooled over examples, as LiRA (Carlini et al.,
 S&P 2022, Sec. 4.2, "fixed variance") recommends with fewer than 64 shadow models: this suite
-runs a few per side, too few for a per-example spread.
+runs a few per side, too few for a per-example spread. bench/metrics/shadows.py averages the
+resulting AUC over many splits of the seeds into the two sides, and says why.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.metrics.shadows import SHADOW_FIELD, shadow_metrics
+from bench.metrics.shadows import SHADOW_FIELD, seed_splits, shadow_metrics
 from bench.metrics.spec import SHADOW_METRICS
 from bench.report.aggregate import KEYS, label, method_order
 from bench.report.tables import BETTER_MARK
@@ -64,8 +64,8 @@ def shadow_table(records: list[dict[str, Any]], *, count: int) -> pd.DataFrame:
             values = {**{m.name: math.nan for m in SHADOW_METRICS},
                       "notes": "; ".join(missing) + " (with scores: rerun with --shadows)"}
         else:
-            log.info("shadow analysis %s: %d seeds, %d models a side", "/".join(key), count,
-                     count // 2)
+            log.info("shadow analysis %s: %d seeds, %d models a side, U-LiRA over %d splits",
+                     "/".join(key), count, count // 2, len(seed_splits(count)))
             values = _row(method, retrained, count)
         rows.append({**dict(zip(KEYS, key)), "K": count, **values})
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -96,5 +96,6 @@ def shadow_markdown(table: pd.DataFrame) -> str:
     count = int(table["K"].iloc[0])
     return ("\n".join(lines) + f"\n\nShadow-model privacy over seeds 0-{count - 1} ({count} "
             "models of each method and of retraining, compared across disjoint seed halves; "
+            f"U-LiRA's numbers are means over {len(seed_splits(count))} such splits; "
             "shadows.csv has the notes). Retraining's own row is the null: AUC ≈ 0.5, and the "
             f"highest F these {count // 2} models a side can show. {legend}.\n")
