@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", metavar="FILE.yaml",
                    help="point the grid at a tuned file: its values override the grid's "
                         "method_params (as the grid key `tuned:`)")
+    p.add_argument("--shadows", type=int, metavar="K",
+                   help="shadow-model privacy (U-LiRA, the NeurIPS 2023 challenge's F) over "
+                        "seeds 0..K-1, K even and at least 6; as the grid key `shadows: K`; "
+                        "writes <results-dir>/<grid>/shadows.csv (README: Shadow models)")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and exit")
     p.add_argument("--render-only", action="store_true",
                    help="re-render tables and figures from stored records")
@@ -240,7 +244,7 @@ def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
     from bench.harness.config import RunConfig
     from bench.report import render
 
-    grid = grids.load_grid(args.grid, tuned=args.tuned)
+    grid = grids.load_grid(args.grid, tuned=args.tuned, shadows=args.shadows)
     cfg = RunConfig(results_dir=args.results_dir, cache_dir=args.results_dir,
                     data_root=data_root, threads=args.threads or 1)
     try:
@@ -299,7 +303,12 @@ def _main(argv: list[str] | None) -> int:
     grid = grids.load_grid(
         args.grid, methods=None if args.methods is None else _methods(args.methods),
         seeds=None if args.seeds is None else _seeds(args.seeds),
-        classes=None if args.classes is None else _classes(args.classes), tuned=args.tuned)
+        classes=None if args.classes is None else _classes(args.classes), tuned=args.tuned,
+        shadows=args.shadows)
+    if args.tune is not None and grid.shadows:
+        # Tuning runs on a validation view with its own cells; shadows are the test grid's.
+        raise BenchInputError("--tune cannot be combined with --shadows or a grid's "
+                              "`shadows` key")
     if args.dry_run:
         _dry_run(grid, args.results_dir)
         return 0

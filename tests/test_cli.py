@@ -140,6 +140,12 @@ BAD_INPUTS = {
     "methods-empty": ({}, ["--methods", ""], "--methods ''"),
     "methods-duplicate": ({}, ["--methods", "pbu,finetune,pbu"], "'pbu'"),
     "jobs-zero": ({}, ["--jobs", "0"], "--jobs"),
+    "shadows-too-few": ({}, ["--shadows", "4"], "shadows = 4: needs an even number of at least"),
+    "shadows-odd": ({}, ["--shadows", "7"], "shadows = 7: needs an even number"),
+    "shadows-grid-key": ({"g.yaml": grid_yaml() + "shadows: 2\n"}, ["--grid", "g.yaml"],
+                         "shadows = 2"),
+    "shadows-with-tune": ({}, ["--shadows", "6", "--tune", "2"],
+                          "--tune cannot be combined with --shadows"),
     "unknown-flag": ({}, ["--frobnicate"], "--frobnicate"),
 }
 # Every case runs in-process through bench.cli.main (the code behind run_bench.py minus the

@@ -14,6 +14,7 @@ from bench.harness.cache import content_key
 from bench.harness.grid import Experiment, Grid
 from bench.harness.store import read_records
 from bench.harness.versions import code_version, training_code_version
+from bench.metrics.shadows import SHADOW_FIELD
 from methods import get_method
 
 
@@ -34,6 +35,9 @@ class Cell:
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
     context: Context = field(default_factory=Context)
+    # Record per-example scores for the shadow-model analysis (not part of any key: the same
+    # model either way).
+    shadow_scores: bool = False
 
     @property
     def classes_text(self) -> str:
@@ -80,12 +84,15 @@ def grid_cells(grid: Grid, contexts: dict[int, Context] | None = None) -> list[C
         context = (contexts or {}).get(index, Context())
         for classes in exp.forget_classes:
             for seed in grid.seeds:
+                scores = seed < (grid.shadows or 0)
                 cells.append(Cell(experiment=exp, forget_classes=classes, label="original",
-                                  method="original", seed=seed, context=context))
+                                  method="original", seed=seed, context=context,
+                                  shadow_scores=scores))
                 for spec in grid.methods:
                     cells.append(Cell(experiment=exp, forget_classes=classes, label=spec.label,
                                       method=spec.method, seed=seed,
-                                      params=exp.params[spec.label], context=context))
+                                      params=exp.params[spec.label], context=context,
+                                      shadow_scores=scores))
     return cells
 
 
@@ -132,11 +139,13 @@ def current_records(grid: Grid, records: list[dict[str, Any]],
 
 def pending_cells(grid: Grid, results_dir: Path, contexts: dict[int, Context] | None = None
                   ) -> tuple[list[Cell], list[Cell]]:
-    """(all cells, cells without a record made under their current configuration)."""
+    """(all cells, cells without a record made under their current configuration, or whose
+    record lacks the shadow scores the grid asks for)."""
     cells = grid_cells(grid, contexts)
     done, _ = current_records(grid, list(read_records(runs_path(results_dir, grid.name))),
                               contexts)
-    return cells, [c for c in cells if c.key not in done]
+    return cells, [c for c in cells if c.key not in done
+                   or (c.shadow_scores and SHADOW_FIELD not in done[c.key])]
 
 
 def train_spec(cell: Cell) -> dict[str, Any]:

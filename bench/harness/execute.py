@@ -48,6 +48,7 @@ from bench.harness.provenance import provenance
 from bench.harness.store import append_record, repair_tail
 from bench.metrics import accuracy, paper_metrics, predict_logits, split_logits
 from bench.metrics.extended import CellInputs, extended_metrics
+from bench.metrics.shadows import SHADOW_FIELD, shadow_payload
 from bench.models import build_model
 from bench.tuning.objective import FORGET_AGREEMENT, forget_agreement
 from methods import UnlearningTask, get_method, load_plugins
@@ -255,8 +256,9 @@ def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None =
                               device=device, eval_batch_size=eval_batch_size(device)))
         timings = {**fields["timings"], "metric_reference_s": reference_s,
                    **extra.pop("metric_timings")}
+        shadow = {SHADOW_FIELD: shadow_payload(logits)} if cell.shadow_scores else {}
         return {**base, **paper_metrics(logits, seed=cell.seed), **extra, **fields,
-                "timings": timings}
+                "timings": timings, **shadow}
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid
         return {**_record_base(cell, cfg), "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}
@@ -345,7 +347,9 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
     for which, train_s in spread(train_original, missing, cfg):
         log.info("trained original %s in %.1fs", which, train_s)
     errors = out.with_name("errors.jsonl")
-    counts = {"done": 0, "failed": 0}
+    shadow_total = sum(c.shadow_scores for c in cells)
+    pending_shadows = {c.key for c in pending if c.shadow_scores}
+    counts = {"done": 0, "failed": 0, "shadows": shadow_total - len(pending_shadows)}
 
     def on_record(record: dict[str, Any]) -> None:
         counts["done"] += 1
@@ -359,6 +363,9 @@ def run_grid(grid: Grid, cfg: RunConfig) -> tuple[int, int]:
         log.info("%s: A_Df %.1f A_Dr %.1f MIA %.1f (%.1fs)", progress,
                  record["acc_forget_test"], record["acc_retain_test"], record["mia"],
                  record["time_s"])
+        if record["cell"] in pending_shadows:
+            counts["shadows"] += 1
+            log.info("shadow models: %d of %d", counts["shadows"], shadow_total)
 
     run_cells(pending, cfg, grid=grid, on_record=on_record)
     return len(pending), counts["failed"]

@@ -32,7 +32,9 @@ from pydantic import (
 from bench.data import dataset_info
 from bench.errors import BenchInputError
 from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
+from bench.harness.narrowing import narrow
 from bench.harness.yaml_file import read_yaml
+from bench.metrics.shadows import shadow_count_problem
 from bench.models import check_arch, check_pretrained
 from bench.tuning import tuned_file
 from methods import RegistryError, get_method, list_methods
@@ -80,6 +82,13 @@ Count = Annotated[PositiveInt, NoBool]
 ForgetSet = Annotated[Index | list[Index], AfterValidator(_forget_set)]
 
 
+def _shadow_count(value: int) -> int:
+    problem = shadow_count_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=False)
 
@@ -112,6 +121,7 @@ class GridSchema(_Strict):
     experiments: Annotated[list[ExperimentSchema], Field(min_length=1)]
     curves: Annotated[bool, Field(strict=True)] = False
     tuned: str | None = None    # a tuned.yaml whose values override method_params
+    shadows: Annotated[Count, AfterValidator(_shadow_count)] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +173,8 @@ class Grid:
     experiments: tuple[Experiment, ...]
     curves: bool = False
     tuned: str | None = None
+    # Shadow-model privacy over seeds 0..shadows-1 (bench/metrics/shadows.py); None: off.
+    shadows: int | None = None
 
 
 def _path_text(loc: tuple) -> str:
@@ -345,9 +357,14 @@ def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
                            "method labels must be unique and not 'original'")
     seeds = (tuple(range(schema.seeds)) if isinstance(schema.seeds, int)
              else tuple(schema.seeds))
+    if schema.shadows:
+        # The shadow models are the grid's own cells at seeds 0..K-1, retrained ones included.
+        seeds = tuple(sorted(set(seeds) | set(range(schema.shadows))))
+        if "retrain" not in labels:
+            methods += (MethodSpec(label="retrain", method="retrain", params={}),)
     tuned = _tuned_entries(schema.tuned, where=where)
     return Grid(name=schema.name, seeds=seeds, methods=methods, curves=schema.curves,
-                tuned=schema.tuned,
+                tuned=schema.tuned, shadows=schema.shadows,
                 experiments=tuple(_experiment(e, i, methods, where=where, tuned=tuned)
                                   for i, e in enumerate(schema.experiments)))
 
@@ -360,39 +377,6 @@ def load_raw_grid(name_or_path: str) -> tuple[dict[str, Any], str]:
         raise BenchInputError(f"unknown grid {name_or_path!r}; built-in grids: "
                               f"{', '.join(sorted(BUILTIN_GRIDS))}, or a .yaml/.yml file")
     return read_yaml(name_or_path), f"grid file {name_or_path!r}"
-
-
-def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
-           classes: list[list[int]] | None = None, tuned: str | None = None) -> Any:
-    """Apply ``--methods``/``--seeds``/``--classes``/``--tuned`` to the raw grid, before it
-    is parsed.
-
-    A method outside the grid is added with its defaults; ``classes`` replaces every
-    experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
-    """
-    if not isinstance(raw, dict):
-        return raw  # the parser reports it
-    raw = copy.deepcopy(raw)
-    if methods is not None:
-        entries = raw.get("methods", list(PAPER_METHODS))
-        by_label = {(e if isinstance(e, str) else e.get("name")): e for e in entries
-                    if isinstance(e, (str, dict))}
-        raw["methods"] = [by_label.get(m, m) for m in methods]
-        # Settings of the labels left out go with them (a registered method's stay: it may
-        # be added back by name).
-        dropped = set(by_label) - set(methods) - set(list_methods())
-        for exp in raw.get("experiments") or []:
-            if isinstance(exp, dict) and isinstance(exp.get("method_params"), dict):
-                exp["method_params"] = {k: v for k, v in exp["method_params"].items()
-                                        if k not in dropped}
-    if seeds is not None:
-        raw["seeds"] = seeds
-    if tuned is not None:
-        raw["tuned"] = tuned
-    if classes is not None and isinstance(raw.get("experiments"), list):
-        raw["experiments"] = [{**e, "forget_classes": classes} if isinstance(e, dict) else e
-                              for e in raw["experiments"]]
-    return raw
 
 
 def load_grid(name_or_path: str, **narrowing: Any) -> Grid:

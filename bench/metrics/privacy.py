@@ -55,9 +55,10 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[fpr <= target + 1e-12].max())
 
 
-def threshold_attack(member_scores: np.ndarray, nonmember_scores: np.ndarray
-                     ) -> AttackResult:
-    """A threshold attack that calls a sample "member" when its score is high.
+def threshold_attack(member_scores: np.ndarray, nonmember_scores: np.ndarray, *,
+                     nonmembers: str = "forget-test samples") -> AttackResult:
+    """A threshold attack that calls a sample "member" when its score is high; ``nonmembers``
+    says what the non-member scores are, for the notes.
 
     AUC by scikit-learn's ``roc_auc_score`` (0.5: members and non-members indistinguishable;
     above: members look like members); TPR at each of ``LOW_FPRS``, NaN with a note when there
@@ -78,7 +79,7 @@ def threshold_attack(member_scores: np.ndarray, nonmember_scores: np.ndarray
     for name, target in LOW_FPRS.items():
         if n_out < NONMEMBERS_PER_FPR / target:
             rates[name] = math.nan
-            notes[name] = (f"{n_out} non-members (forget-test samples); TPR at {target:.1%} "
+            notes[name] = (f"{n_out} non-members ({nonmembers}); TPR at {target:.1%} "
                            f"FPR needs at least {NONMEMBERS_PER_FPR / target:.0f}")
         else:
             rates[name] = tpr_at_fpr(fpr, tpr, target)

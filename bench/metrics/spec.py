@@ -60,6 +60,21 @@ METRICS: tuple[Metric, ...] = (
            description=("Adam steps until the forget-train loss is back to the "
                         "original's, capped at 50")),
 )
+# Shadow-model privacy (--shadows K): one value per (experiment, forget set, method) over the K
+# seeds, not per cell, so not in summary.csv; results/<grid>/shadows.csv holds them.
+SHADOW_METRICS: tuple[Metric, ...] = (
+    Metric(name="shadow_auc", label="U-LiRA AUC", unit="", better="retrain",
+           description=("U-LiRA AUC, unlearned vs retrained held-out models, mean over "
+                        "splits of the seeds (0.5: no leak)")),
+    Metric(name="shadow_tpr_1fpr", label="U-LiRA TPR@1%", unit="", better="retrain",
+           description="U-LiRA TPR at 1 % FPR (NaN below 1,000 non-member pairs)"),
+    Metric(name="shadow_tpr_01fpr", label="U-LiRA TPR@0.1%", unit="", better="retrain",
+           description="U-LiRA TPR at 0.1 % FPR (NaN below 10,000 non-member pairs)"),
+    Metric(name="forget_quality", label="F", unit="", better="higher",
+           description="NeurIPS 2023 challenge forgetting quality (1 at most)"),
+    Metric(name="final_score", label="F x acc", unit="", better="higher",
+           description="F x (A_Dr / retraining's) x (test accuracy / retraining's)"),
+)
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 EXTENDED_METRICS: tuple[str, ...] = METRIC_NAMES[METRIC_NAMES.index("forget_mia_auc"):]
 # The paper's table: an (A_Df, A_Dr) pair per method.
@@ -67,7 +82,7 @@ PAPER_PAIR: tuple[str, str] = ("acc_forget_test", "acc_retain_test")
 
 
 def metric(name: str) -> Metric:
-    for m in METRICS:
+    for m in (*METRICS, *SHADOW_METRICS):
         if m.name == name:
             return m
     raise KeyError(f"unknown metric {name!r}; declared: {', '.join(METRIC_NAMES)}")

@@ -14,6 +14,7 @@ from bench.harness.store import read_records, write_atomic
 from bench.report.aggregate import flagged, records_frame, summarize
 from bench.report.figures import render_figures
 from bench.report.privacy_figures import render_privacy_figures
+from bench.report.shadows import shadow_markdown, shadow_table
 from bench.report.tables import (
     extended_markdown_table,
     latex_table,
@@ -43,10 +44,17 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
     written = []
     flags = flagged(frame)
     notes = [n for n in (warning_note(flags), provenance_note(frame)) if n]
+    shadow_block = ""
+    if grid.shadows:
+        shadows = shadow_table(records, count=grid.shadows)
+        write_atomic(out / "shadows.csv", shadows.to_csv(index=False, float_format="%.4f"))
+        written.append(out / "shadows.csv")
+        shadow_block = shadow_markdown(shadows)
     for name, text in (("summary.csv", summary.to_csv(index=False, float_format="%.4f")),
                        ("table.md", "\n".join(
                            part for part in (markdown_table(summary, flags),
                                              extended_markdown_table(summary),
+                                             shadow_block,
                                              "\n\n".join(notes) + "\n") if part)),
                        ("table.tex", latex_table(summary, flags)
                         + "".join(f"% {n}\n" for n in notes))):
