@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -204,19 +206,34 @@ def _probe_writable(folders: list[tuple[str, Path]]) -> None:
         raise
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler) taken the way Ctrl-C is: unwinding through the
+    parallel backend stops its worker processes, which the default action would orphan."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Signal handlers belong to the main thread; called from another, SIGTERM keeps its action.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return _main(argv)
     except (BenchInputError, RegistryError) as exc:
         print(f"run_bench.py: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("run_bench.py: interrupted; finished records are kept, and the next run resumes "
               "where this one stopped", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
     except BrokenPipeError:  # e.g. ``--dry-run | head``: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _check_flags(args: argparse.Namespace) -> None:

@@ -246,13 +246,26 @@ def test_two_concurrent_runs_compute_each_cell_once(tmp_path):
     assert any("holds" in err for _, err in outputs)  # the second one waited for the lock
 
 
-def test_ctrl_c_ends_with_one_line_and_keeps_finished_records(tmp_path):
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# Ctrl-C reaches the whole process group; a `kill` or a batch scheduler's SIGTERM reaches only
+# the parent, which must still take its worker processes down with it.
+@pytest.mark.parametrize(("sig", "group", "code"), [(signal.SIGINT, True, 130),
+                                                    (signal.SIGTERM, False, 143)])
+def test_an_interrupt_ends_with_one_line_keeps_finished_records_and_no_worker(tmp_path, sig,
+                                                                            group, code):
     # A method that stalls on forget class 3 keeps the grid running until the interrupt
     # arrives: with fast cells the grid could otherwise finish first and exit 0.
     plugin = tmp_path / "sleeper.py"
     plugin.write_text(KILLER_PLUGIN.format(name="sleeper", marker=1).replace(
         "import os, signal", "import os, signal, time").replace(
-        "os.kill(os.getpid(), signal.SIGKILL)", "time.sleep(20)"))
+        "os.kill(os.getpid(), signal.SIGKILL)", "time.sleep(120)"))
     _grid(tmp_path)
     proc = _start(tmp_path, "--grid", "grid.yaml", "--jobs", "2", "--plugin", str(plugin),
                   "--methods", "sleeper")
@@ -261,13 +274,17 @@ def test_ctrl_c_ends_with_one_line_and_keeps_finished_records(tmp_path):
     while not (runs.exists() and runs.read_text().count("\n") >= 1):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    (os.killpg if group else os.kill)(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("run_bench.py: interrupted")
     kept = list(read_records(runs))
     assert kept and all("acc_forget_test" in r for r in kept)
+    deadline = time.monotonic() + 15   # the sleeping worker would outlive it by minutes
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, "a worker process outlived the interrupted run"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("flag", ["--results-dir", "--plots-dir", "--cache-dir"])
