@@ -55,7 +55,6 @@ def test_all_methods_grid_lists_every_registered_builtin():
 # No setting found by the all-methods sweep makes these forget classes 2 and 6 together on
 # digits (see the comments of the all-methods grid); non-strict: a setting that does may come.
 SHORT_OF_THE_BAR = {
-    "ssd": "SSD's selection is a cliff on digits: at alpha 100 the pair is untouched",
     "fisher_forgetting": "at alpha 1e-6 class 2 keeps ~45 % and the pair ~21 %",
     "influence_unlearning": "at alpha 0.1 the pair keeps ~11 % on seed 0",
 }
@@ -175,6 +174,35 @@ def test_ssd_only_shrinks_parameters():
         assert (torch.sign(p) * torch.sign(before[name]) >= 0).all(), name
         shrunk |= bool((p.abs() < before[name].abs()).any())
     assert shrunk
+
+
+def test_ssd_importances_see_single_class_batches_covering_every_row_once():
+    from methods.ssd import class_batches
+
+    x = torch.arange(50, dtype=torch.float32).unsqueeze(1)
+    y = torch.arange(50) % 3
+    loaders = [TensorBatches(x[:40], y[:40], batch_size=8, shuffle=True, seed=0),
+               TensorBatches(x[40:], y[40:], batch_size=4, shuffle=True, seed=0)]
+    batches = list(class_batches(loaders))
+    assert all(len(b.unique()) == 1 for _, b in batches)
+    sizes = [len(b) for _, b in batches]
+    short = [n for n in sizes if n < 8]   # each class's remainder, after every full batch
+    assert 0 < len(short) <= 3 and sizes[len(sizes) - len(short):] == short
+    rows = torch.cat([v for v, _ in batches]).squeeze(1)
+    assert sorted(rows.tolist()) == list(range(50))
+    assert all(torch.equal(v.squeeze(1).long() % 3, b) for v, b in batches)
+
+
+@pytest.mark.parametrize("forget", [(0,), (0, 2)])
+def test_ssd_relative_alpha_is_a_fraction_of_the_ratio_ceiling(forget):
+    # tiny_task has 4 classes: the ceiling I_f / I_d is 4 / k.
+    relative, absolute = tiny_model(), tiny_model()
+    get_method("ssd")(alpha=0.3, relative_alpha=True).unlearn(relative, tiny_task(forget))
+    get_method("ssd")(alpha=0.3 * 4 / len(forget)).unlearn(absolute, tiny_task(forget))
+    for p, q in zip(relative.parameters(), absolute.parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(relative.parameters(),
+                                                     tiny_model().parameters()))
 
 
 @pytest.mark.parametrize("forget", [(0,), (0, 2)])
