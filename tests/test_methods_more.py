@@ -33,7 +33,7 @@ NEEDS = {"gradient_ascent": {"forget"}, "boundary_shrink": {"forget"},
 @pytest.fixture(scope="module")
 def pair_grid():
     raw = copy.deepcopy(BUILTIN_GRIDS["all-methods"])
-    raw.update(name="unit-more", seeds=[0], methods=["retrain", *NEW_METHODS])
+    raw.update(name="unit-more", seeds=[0], methods=["retrain", *NEW_METHODS, "pbu"])
     raw["experiments"][0]["forget_classes"] = [[2, 6]]
     return parse_grid(raw)
 
@@ -61,8 +61,12 @@ SHORT_OF_THE_BAR = {
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=SHORT_OF_THE_BAR[n], strict=False))
-    if n in SHORT_OF_THE_BAR else n for n in NEW_METHODS])
+    *(pytest.param(n, marks=pytest.mark.xfail(reason=SHORT_OF_THE_BAR[n], strict=False))
+      if n in SHORT_OF_THE_BAR else n for n in NEW_METHODS),
+    # Strict: whoever makes PBU forget a pair must see this flip and remove the mark.
+    pytest.param("pbu", marks=pytest.mark.xfail(strict=True, reason=(
+        "PBU's logit anchor holds the other forget class's logit, so the pair is not "
+        "forgotten (README: Results on --grid all-methods)")))])
 def test_forgets_two_classes_on_digits(name, pair_grid, run_cfg, retrain_pair):
     record = run_cell(find_cell(pair_grid, name, (2, 6)), run_cfg, curves=False)
     assert "error" not in record, record.get("traceback")
