@@ -33,10 +33,13 @@ class FisherForgetting(UnlearningMethod):
         alpha: noise scale, 1e-6 (Golatkar's notebooks; Unlearn-Sparse leaves ``--alpha`` to
             the user).
 
-    Deviation: Unlearn-Sparse's ``hessian`` squares gradients of whole 32-sample batches
-    weighted by the batch-mean probability, an approximation of the same Fisher; we use the
-    exact per-sample form. Its class-wise test (``num_indexes_to_replace == 4500``) is
-    replaced by "this is class forgetting", which every cell of this suite is.
+    Deviation: Unlearn-Sparse's ``hessian`` squares the gradient of each 32-sample batch's
+    *mean* loss (per target class, weighted by the batch-mean probability), which is smaller
+    than the per-sample Fisher wherever per-sample gradients disagree, by up to the batch
+    size; we use the exact per-sample form, so the same alpha adds less noise here than
+    there. Its class-wise test (``num_indexes_to_replace == 4500``) is replaced by "this is
+    class forgetting", which every cell of this suite is; zeroing the forget rows of the
+    head is then what does most of the forgetting.
     """
 
     needs = frozenset({"retain"})
