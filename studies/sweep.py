@@ -21,8 +21,10 @@ from bench.harness.config import RunConfig
 from bench.harness.grid import Grid, parse_grid
 from bench.harness.lock import grid_lock
 from bench.harness.store import read_records
+from bench.tuning.objective import OBJECTIVES
 from bench.tuning.tuner import validation_experiment
 
+RETRAIN_GAP = OBJECTIVES["retrain-gap"]   # the objective --tune minimises
 EXPERIMENT_KEYS = ("dataset", "arch", "forget_classes", "train", "train_per_class")
 
 
@@ -46,9 +48,7 @@ def gaps(records: list[dict[str, Any]]) -> pd.DataFrame:
     reference = frame[frame["method"] == "retrain"].set_index(keys)
     rows = []
     for _, r in frame[~frame["method"].isin(["retrain", "original"])].iterrows():
-        ref = reference.loc[(r["dataset"], r["forget_classes"], r["seed"])]
-        gap = (abs(r["acc_forget_test"] - ref["acc_forget_test"])
-               + abs(r["acc_retain_test"] - ref["acc_retain_test"]))
+        gap = RETRAIN_GAP.score(r, reference.loc[(r["dataset"], r["forget_classes"], r["seed"])])
         rows.append({"variant": r["method"], "dataset": r["dataset"],
                      "A_Df": r["acc_forget_test"], "A_Dr": r["acc_retain_test"],
                      "gap": gap, "worst": gap})

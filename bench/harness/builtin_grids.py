@@ -208,16 +208,16 @@ BUILTIN_GRIDS["all-methods"] = {
 # fashion grid's 2 and 6) and another 300-a-class subsample (split_seed 1), one seed. Methods
 # keep the digits settings above unchanged, fine-tuning the fashion grid's. pbu_official's
 # 5 MNIST epochs (~470 Adam steps) are step-matched as on digits: 5 batches of 64 an epoch.
+_UNSEEN_FASHION = _fashion_experiment("smallcnn")
 BUILTIN_GRIDS["all-methods-fashion"] = {
     "name": "all-methods-fashion",
     "seeds": [0],
     "methods": ALL_METHODS,
     "experiments": [{
-        **_fashion_experiment("smallcnn"),
+        **_UNSEEN_FASHION,
         "forget_classes": [[0], [4], [9]],
         "split_seed": 1,
-        "method_params": {**_ALL_METHODS_PARAMS,
-                          **_fashion_experiment("smallcnn")["method_params"],
+        "method_params": {**_ALL_METHODS_PARAMS, **_UNSEEN_FASHION["method_params"],
                           "pbu_official": {"epochs": 94}},
     }],
 }
