@@ -247,8 +247,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise BenchInputError(f"--scheduler {args.scheduler!r} is only used with --backend dask")
     if args.tune is not None and args.tune < 1:
         raise BenchInputError(f"--tune {args.tune}: must be at least 1 trial")
-    if args.tune is not None and (args.dry_run or args.render_only):
-        raise BenchInputError("--tune cannot be combined with --dry-run or --render-only")
+    if args.tune is not None and (args.dry_run or args.render_only or args.tuned):
+        raise BenchInputError("--tune cannot be combined with --dry-run, --render-only or "
+                              "--tuned (tuning starts from the grid's own settings and ignores "
+                              "its tuned file)")
     if args.tune_seed < 0:
         raise BenchInputError(f"--tune-seed {args.tune_seed}: must be at least 0")
 
@@ -321,7 +323,7 @@ def _main(argv: list[str] | None) -> int:
         args.grid, methods=None if args.methods is None else _methods(args.methods),
         seeds=None if args.seeds is None else _seeds(args.seeds),
         classes=None if args.classes is None else _classes(args.classes), tuned=args.tuned,
-        shadows=args.shadows)
+        untuned=args.tune is not None, shadows=args.shadows)
     if args.tune is not None and grid.shadows:
         # Tuning runs on a validation view with its own cells; shadows are the test grid's.
         raise BenchInputError("--tune cannot be combined with --shadows or a grid's "

@@ -12,7 +12,7 @@ from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.checks import require_positive
 from methods.mixing import Rows, balanced_rows, loader_rows, shuffled_batches
 from methods.registry import register_method
-from methods.search import LogUniform, SearchSpace
+from methods.search import IntRange, LogUniform, SearchSpace
 
 
 @register_method("fast_effective", label="Fast-Effective")
@@ -70,9 +70,14 @@ class FastEffective(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
-    # The official notebook's impair lr 0.02 and repair lr 0.01, a decade either side; the
-    # noise settings stay official (the paper fixes them as the method's definition).
-    search_space: ClassVar[SearchSpace] = {"impair_lr": LogUniform(2e-3, 2e-1), "repair_lr": LogUniform(1e-3, 1e-1)}
+    # The official notebook's impair lr 0.02 and repair lr 0.01, a decade either side, and the
+    # number of noise copies from 1 to the official 20: the copies set the noise's share of the
+    # impair set, 36 % with the official 1,000 retain samples a class but 82 % on a set of
+    # ~126 a class (digits), so the published count does not carry the published share to
+    # smaller data. How the noise is learned stays official (the method's definition).
+    search_space: ClassVar[SearchSpace] = {"impair_lr": LogUniform(2e-3, 2e-1),
+                                           "repair_lr": LogUniform(1e-3, 1e-1),
+                                           "noise_copies": IntRange(1, 20)}
 
     noise_steps: int = 40
     noise_lr: float = 0.1

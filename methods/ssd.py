@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from methods.base import CellShape, UnlearningMethod, UnlearningTask
 from methods.checks import require_positive
 from methods.registry import register_method
-from methods.search import LogUniform, SearchSpace
+from methods.search import Choice, LogUniform, SearchSpace
 
 
 @register_method("ssd", label="SSD")
@@ -47,11 +47,14 @@ class SSD(UnlearningMethod):
     """
 
     needs = frozenset({"forget", "retain"})
-    # The official full-class alpha 10 and lambda 1, two decades above and three below for
-    # alpha (the SSD paper sweeps it over orders of magnitude; below 0.1 covers relative_alpha)
-    # and one either side for lambda.
-    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(0.01, 1000.0),
-                                           "dampening": LogUniform(0.1, 10.0)}
+    # The official full-class alpha 10 and lambda 1: alpha one decade above (on 100 classes
+    # the ratio ceiling C/k is 100; on 10, alpha above 10 selects nothing) and three below
+    # (the SSD paper sweeps it over orders of magnitude; below 1 covers relative_alpha), lambda
+    # one either side; and both readings of alpha, since no absolute alpha fits one forget
+    # class and two on 10 classes (the ceiling halves).
+    search_space: ClassVar[SearchSpace] = {"alpha": LogUniform(0.01, 100.0),
+                                           "dampening": LogUniform(0.1, 10.0),
+                                           "relative_alpha": Choice((False, True))}
 
     alpha: float = 10.0
     dampening: float = 1.0

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import build_model
-from methods.pbu import PBU, PenaltyAnchor
+from methods.pbu import PBU
+from methods.pbu_penalty import PenaltyAnchor
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -41,6 +42,7 @@ def pbu_step_benchmark(*, model_name: str, batch: int, steps: int, device: str
     pbu_optimizer = pbu.make_optimizer(anchor.params, dev)
     plain_optimizer = pbu.make_optimizer(anchor.params, dev)
     forget = torch.tensor([0], device=dev)
+    reference = pbu.frozen_copy(model)   # the logit anchor's frozen original
 
     def plain() -> None:
         model.zero_grad(set_to_none=False)
@@ -51,7 +53,8 @@ def pbu_step_benchmark(*, model_name: str, batch: int, steps: int, device: str
         plain_optimizer.step()
 
     def pbu_step() -> None:
-        pbu.step(model, x, y, anchor=anchor, optimizer=pbu_optimizer, forget=forget)
+        pbu.step(model, x, y, anchor=anchor, optimizer=pbu_optimizer, forget=forget,
+                 reference=reference)
 
     variants = {"fwd+bwd": plain, "fwd+bwd+adam": plain_adam, "pbu step": pbu_step}
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -46,11 +46,12 @@ def digits_data():
 @pytest.fixture(scope="session")
 def unit_grid():
     """The quick grid's method settings, 8 training epochs, all methods, classes 2 and 2+6."""
-    from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS
+    from bench.harness.builtin_grids import BUILTIN_GRIDS, PAPER_METHODS, PUBLISHED_VARIANTS
     from bench.harness.grid import parse_grid
 
     raw = copy.deepcopy(BUILTIN_GRIDS["quick"])
-    raw.update(name="unit", seeds=[0], curves=False, methods=[*PAPER_METHODS, "pbu_official"])
+    raw.update(name="unit", seeds=[0], curves=False,
+               methods=[*PAPER_METHODS, "pbu_official", *PUBLISHED_VARIANTS])
     raw["experiments"][0]["train"]["epochs"] = 8
     raw["experiments"][0]["forget_classes"] = [[2], [2, 6]]
     return parse_grid(raw)

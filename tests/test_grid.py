@@ -27,15 +27,28 @@ def bad(raw: dict, where: str = "grid") -> str:
 # ---------------------------------------------------------------- resolved parameters
 
 
-def test_every_method_gets_its_defaults_plus_the_grids_overrides():
+def test_every_method_gets_its_defaults_then_the_grid_then_the_tuned_file():
+    from bench.harness.builtin_grids import PUBLISHED_VARIANTS, tuned_file
+    from bench.tuning.tuned_file import TunedFile, read_tuned
+
     exp = load_grid("quick").experiments[0]
-    overrides = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"]
-    assert set(exp.params) == {*PAPER_METHODS, *REFERENCE_METHODS}
-    for label in exp.params:
-        defaults = get_method(label).default_params()
-        assert exp.params[label] == {**defaults, **overrides.get(label, {})}, label
-    assert exp.params["pbu"] == get_method("pbu").default_params()  # PBU: no override
-    assert exp.params["finetune"]["lr"] == 3e-3
+    variants = {v["name"]: v for v in PUBLISHED_VARIANTS}
+    assert set(exp.params) == {*PAPER_METHODS, *variants, *REFERENCE_METHODS}
+    tuned = TunedFile.model_validate(read_tuned(tuned_file("quick"))).lookup()
+    for label, params in exp.params.items():
+        method = variants[label]["method"] if label in variants else label
+        entry = tuned.get((label, "digits", "smallcnn"))
+        expected = {**get_method(method).default_params(),
+                    **(variants[label]["params"] if label in variants else {}),
+                    **(entry.params if entry else {})}
+        assert params == expected, label
+        assert ("tuned" in exp.param_sources[label].values()) == (entry is not None), label
+    # Every method that declares a search space is tuned; the published variants never are.
+    assert {label for label, _, _ in tuned} == {"finetune", "fast_effective", "bad_teaching",
+                                                "pbu"}
+    for name, variant in variants.items():
+        assert set(exp.param_sources[name].values()) <= {"default", "grid"}, name
+        assert {k: exp.params[name][k] for k in variant["params"]} == variant["params"]
 
 
 def test_labelled_entries_resolve_method_params_and_experiment_overrides():
@@ -94,13 +107,64 @@ def test_narrowing_keeps_a_labelled_entry_and_adds_a_method_outside_the_grid():
 
 
 def test_methods_flag_can_narrow_a_grid_with_labelled_entries():
-    grid = load_grid("pbu-ablation", methods=["pbu_mc", "finetune"], seeds=2, classes=[[8]])
-    assert [m.label for m in grid.methods] == ["pbu_mc", "finetune"]
+    grid = load_grid("quick", methods=["fast_effective_paper", "pbu_official"], seeds=2,
+                     classes=[[8]])
+    assert [m.label for m in grid.methods] == ["fast_effective_paper", "pbu_official"]
     assert grid.seeds == (0, 1)
     assert grid.experiments[0].forget_classes == ((8,),)
-    # finetune is not in the ablation's list, but its experiment settings (lr 3e-3) apply
-    # when --methods adds it back; the dropped labels' settings go with them.
-    assert grid.experiments[0].params["finetune"] == {**FineTune.default_params(), "lr": 3e-3}
+    # pbu_official is not in the quick grid's list, but its experiment settings (235 epochs)
+    # apply when --methods adds it back.
+    assert grid.experiments[0].params["pbu_official"] == {**PBUOfficial.default_params(),
+                                                          "epochs": 235}
+
+
+def _two_experiments(**second: object) -> dict:
+    raw = quick_raw()
+    raw.pop("tuned")
+    raw["experiments"] = [raw["experiments"][0], {**raw["experiments"][0], "arch": "allcnn",
+                                                  **second}]
+    return raw
+
+
+def test_an_experiment_can_run_a_subset_of_the_grids_methods():
+    from bench.harness.cells import grid_cells
+
+    grid = parse_grid(_two_experiments(methods=["pbu", "logit_mask"]))
+    by_arch: dict[str, set[str]] = {}
+    for cell in grid_cells(grid):
+        by_arch.setdefault(cell.experiment.arch, set()).add(cell.label)
+    assert by_arch["allcnn"] == {"original", "pbu", "logit_mask"}
+    assert by_arch["smallcnn"] == {"original", *grid.experiments[0].params}
+    # --methods keeps what each experiment asked for; a method new to the grid joins both;
+    # an experiment left with none of its methods runs nothing, originals included.
+    narrowed = parse_grid(narrow(_two_experiments(methods=["pbu"]),
+                                 methods=["pbu", "finetune", "scrub"]))
+    assert narrowed.experiments[1].methods == ("pbu", "scrub")
+    assert {c.experiment.arch for c in grid_cells(parse_grid(narrow(
+        _two_experiments(methods=["pbu"]), methods=["finetune"])))} == {"smallcnn"}
+    message = bad(_two_experiments(methods=["pbu", "scrub"]))
+    assert message.startswith("grid: experiments[1].methods[1] = 'scrub': not a method of "
+                              "this grid; methods: ")
+
+
+def test_an_experiment_can_run_the_first_seeds_of_the_grid_only():
+    from bench.harness.cells import grid_cells
+
+    def seeds_by_arch(grid) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for cell in grid_cells(grid):
+            found.setdefault(cell.experiment.arch, set()).add(cell.seed)
+        return found
+
+    assert seeds_by_arch(parse_grid(_two_experiments(max_seeds=2))) == {
+        "smallcnn": {0, 1, 2}, "allcnn": {0, 1}}
+    # --seeds replaces the grid's seeds; the cap still takes the first of them.
+    narrowed = parse_grid(narrow(_two_experiments(max_seeds=1), seeds=[4, 5]))
+    assert seeds_by_arch(narrowed) == {"smallcnn": {4, 5}, "allcnn": {4}}
+    assert "max_seeds" in bad(_two_experiments(max_seeds=0))
+    message = bad({**_two_experiments(max_seeds=1), "shadows": 6})
+    assert message.startswith("grid: experiments[1].max_seeds = 1: cannot be combined with "
+                              "shadows")
 
 
 def test_narrowing_is_validated_like_the_grid_itself():
@@ -183,3 +247,17 @@ def test_a_parsed_grid_is_plain_frozen_data():
     assert exp.data_spec == {"dataset": "digits", "split_seed": 0}
     assert exp.model_spec == {"arch": "smallcnn"}
     assert grid.seeds == (0, 1, 2) and grid.curves is True
+
+
+def test_the_readme_grid_file_parses():
+    import yaml
+    from helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]
+                 if b.startswith("name: my-grid"))
+    raw = yaml.safe_load(block)
+    raw.pop("tuned")   # made by --tune; the file does not exist here
+    grid = parse_grid(raw)
+    assert [e.methods for e in grid.experiments] == [None, ("retrain", "pbu")]
+    assert grid.experiments[1].tune_trials == 4 and grid.experiments[1].max_seeds == 1

@@ -1,7 +1,7 @@
 """The paper's methods unlearn on digits; PBU rejects bad inputs instead of returning garbage.
 
-Methods run through ``bench.harness.execute.run_cell`` with the ``quick`` grid's overrides on a smallcnn
-trained for 8 epochs (cached for the session), forgetting class 2.
+Methods run through ``bench.harness.execute.run_cell`` with the ``quick`` grid's settings (its
+tuned file) on a smallcnn trained for 8 epochs (cached for the session), forgetting class 2.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 from helpers import PAPER_METHODS, find_cell
 
 from bench.data import TensorBatches, class_indices
-from bench.harness.builtin_grids import BUILTIN_GRIDS
 from bench.harness.cells import Cell, pending_cells
 from bench.harness.config import RunConfig
 from bench.harness.execute import run_cell, run_grid
@@ -42,15 +41,18 @@ def test_original_model_is_good(original_record):
     assert original_record["acc_retain_test"] >= 90
 
 
-# The baselines run at their published settings (issue 12), which on digits' ~1,300 training
-# images do not both forget and keep the rest: Bad Teaching (Adam 1e-4, one epoch: ~6 steps)
-# barely moves the model, and UNSIR's impair set is ~80 % noise at lr 0.02, which its 5 repair
-# steps do not undo. Each is checked for what its published setting does here instead.
-FORGETTING_METHODS = [m for m in PAPER_METHODS if m not in ("fast_effective", "bad_teaching")]
+# The quick grid runs every tunable method with the values of its committed tuned file and the
+# baselines at their published settings as labelled variants (issue 15). UNSIR's tuned
+# setting does not both forget and keep the rest on digits (its validation gap to retraining
+# is the largest of the four; README: Tuning), so it is checked for forgetting only.
+FORGETTING_METHODS = [m for m in PAPER_METHODS if m != "fast_effective"]
+# The published settings on digits' ~1,300 training images: Bad Teaching (Adam 1e-4, one
+# epoch: ~6 steps) barely moves the model; UNSIR's impair set is ~80 % noise at lr 0.02,
+# which its 5 repair steps do not undo. Each is checked for what it does here.
 PUBLISHED_BEHAVIOUR = {
     # label: (forgets: A_Df <= 10, keeps the rest: A_Dr within 8 points of the original)
-    "bad_teaching": (False, True),
-    "fast_effective": (True, False),
+    "bad_teaching_paper": (False, True),
+    "fast_effective_paper": (True, False),
 }
 
 
@@ -60,16 +62,23 @@ def test_paper_method_forgets_and_keeps_the_rest(label, unit_grid, run_cfg, orig
     assert record["acc_forget_test"] <= 10.0, record["acc_forget_test"]
     assert record["acc_retain_test"] >= original_record["acc_retain_test"] - 8.0
     assert all(finite_or_explained(record, k) for k in METRIC_KEYS)
-    # The record carries the resolved hyperparameters: defaults plus the quick grid's overrides.
-    quick = BUILTIN_GRIDS["quick"]["experiments"][0]["method_params"].get(label, {})
-    defaults = get_method(label).default_params()
-    assert record["params"] == {**defaults, **quick}
+    # The record carries the resolved hyperparameters and where each came from.
+    assert record["params"] == unit_grid.experiments[0].params[label]
+    assert record["param_sources"] == unit_grid.experiments[0].param_sources[label]
+
+
+def test_tuned_unsir_forgets(unit_grid, run_cfg):
+    record = run_method(unit_grid, run_cfg, "fast_effective")
+    assert "tuned" in record["param_sources"].values()
+    assert record["acc_forget_test"] <= 10.0, record["acc_forget_test"]
 
 
 @pytest.mark.parametrize("label", sorted(PUBLISHED_BEHAVIOUR))
 def test_baseline_at_its_published_setting(label, unit_grid, run_cfg, original_record):
     record = run_method(unit_grid, run_cfg, label)
-    assert record["params"] == get_method(label).default_params()  # no grid overrides
+    method = record["registered_method"]
+    assert record["params"] == get_method(method).default_params()  # the published setting
+    assert "tuned" not in record["param_sources"].values()
     assert all(finite_or_explained(record, k) for k in METRIC_KEYS)
     forgets, keeps = PUBLISHED_BEHAVIOUR[label]
     assert (record["acc_forget_test"] <= 10.0) == forgets, record["acc_forget_test"]

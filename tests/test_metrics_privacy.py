@@ -197,3 +197,22 @@ def test_relearn_counts_the_steps_to_the_target_and_leaves_the_model_alone():
     with pytest.raises(ValueError, match="at least one batch"):
         relearn_steps(model, batches=[], forget_x=x, forget_y=y, target_loss=-1.0,
                       settings=RelearnSettings())
+
+
+def test_tradeoff_gaps_are_taken_against_the_retraining_of_the_same_cell():
+    import pandas as pd
+
+    from bench.report.privacy_figures import gap_frame
+
+    rows = []
+    for seed, (retrain_dr, retrain_auc) in enumerate([(90.0, 0.50), (80.0, 0.60)]):
+        for classes in ("2", "6"):
+            base = {"dataset": "d", "arch": "a", "forget_classes": classes, "seed": seed}
+            rows.append({**base, "method": "retrain", "acc_retain_test": retrain_dr,
+                         "forget_mia_auc": retrain_auc})
+            rows.append({**base, "method": "m", "acc_retain_test": retrain_dr - 3.0,
+                         "forget_mia_auc": retrain_auc + (0.1 if classes == "2" else 0.3)})
+    gaps = gap_frame(pd.DataFrame(rows)).set_index(["method", "seed"])
+    assert gaps.loc[("m", 0), "utility_gap"] == pytest.approx(3.0)
+    assert gaps.loc[("m", 1), "forgetting_gap"] == pytest.approx(0.2)   # (0.1 + 0.3) / 2
+    assert gaps.loc[("retrain", 0), "utility_gap"] == 0.0

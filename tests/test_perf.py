@@ -123,3 +123,11 @@ def test_full_data_command_runs_the_cells_and_prints_the_ratio(tmp_path, capsys)
     assert out[-2].startswith("smallcnn       pbu takes ")
     assert out[-1].startswith("smallcnn       pbu_mc takes ")
     assert (tmp_path / "full-data" / "runs.jsonl").exists()
+
+
+def test_pbu_step_benchmark_times_the_three_steps_with_the_anchor():
+    from perf.pbu_step import pbu_step_benchmark
+
+    result = pbu_step_benchmark(model_name="smallcnn", batch=4, steps=1, device="cpu")
+    assert set(result) >= {"fwd+bwd", "fwd+bwd+adam", "pbu step"}
+    assert all(v > 0 for k, v in result.items() if k in ("fwd+bwd", "pbu step"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studies import all_methods_rule, pbu_rule
+from studies import pbu_pairs, pbu_rule
 from studies.sweep import gaps
 
 
@@ -27,7 +27,7 @@ def test_gaps_pair_each_cell_with_the_retraining_of_its_own_seed_and_forget_set(
     assert table.loc["b", ("gap", "digits")] == pytest.approx(2.0 / 3, abs=0.01)
 
 
-@pytest.mark.parametrize("study", [pbu_rule, all_methods_rule])
+@pytest.mark.parametrize("study", [pbu_rule, pbu_pairs])
 def test_studies_run_on_validation_views_only(study):
     grid = study.study_grid()
     assert grid.experiments and all(exp.validation for exp in grid.experiments)

@@ -18,10 +18,12 @@ from bench.harness.grid import parse_grid
 from methods import PluginError, UnlearningMethod, register_method
 from methods.search import IntRange, LogUniform, Uniform
 
+# The tuned file does not exist: --tune starts from the grid's own settings and ignores it.
 TUNE_GRID = """\
 name: tune
 seeds: [0]
 methods: [finetune, pbu]
+tuned: not-made-yet.yaml
 experiments:
   - dataset: digits-notest
     arch: smallcnn
@@ -142,16 +144,19 @@ def test_tune_never_reads_test_data_and_resumes(poisoned_digits, tmp_path, capsy
 
 def test_forget_only_objective_needs_no_retraining(poisoned_digits, tmp_path, capsys,
                                                     monkeypatch):
-    (tmp_path / "tune.yaml").write_text(TUNE_GRID)
+    # The experiment caps the budget: 1 trial a method although --tune asks for 2.
+    capped = TUNE_GRID.replace("train: {epochs: 3}", "train: {epochs: 3}\n    tune_trials: 1")
+    (tmp_path / "tune.yaml").write_text(capped)
     code, out = _tune(tmp_path, capsys, monkeypatch, "--methods", "pbu", "--tune-objective",
                       "forget-only")
     assert code == 0, out
     assert READS == []
     trials = tmp_path / "results" / "tune" / "tuning" / "trials.jsonl"
     methods = [json.loads(line)["method"] for line in trials.read_text().splitlines()]
-    assert sorted(methods) == ["pbu.t0", "pbu.t0", "pbu.t1", "pbu.t1"]  # no retraining
+    assert sorted(methods) == ["pbu.t0", "pbu.t0"]  # no retraining
     doc = yaml.safe_load((tmp_path / "results" / "tune" / "tuned.yaml").read_text())
-    assert [(e["method"], e["objective"]) for e in doc["entries"]] == [("pbu", "forget-only")]
+    assert [(e["method"], e["objective"], e["budget"]) for e in doc["entries"]] == [
+        ("pbu", "forget-only", 1)]
 
 
 # ---------------------------------------------------------------- the validation view
@@ -269,7 +274,7 @@ def test_bad_tuned_file_is_bad_input(document, must_name, tmp_path, capsys, monk
         experiments:
           - {dataset: digits, arch: smallcnn, forget_classes: [[2]]}
         """)
-    outcome = run_main(tmp_path, {"g.yaml": grid, **files}, ["--grid", "g.yaml", "--tune", "2"],
+    outcome = run_main(tmp_path, {"g.yaml": grid, **files}, ["--grid", "g.yaml", "--dry-run"],
                        capsys, monkeypatch)
     assert_clean_bad_input(outcome, must_name)
     assert "tuned" in outcome[1]
@@ -278,6 +283,8 @@ def test_bad_tuned_file_is_bad_input(document, must_name, tmp_path, capsys, monk
 def test_bad_tune_flags_are_bad_input(tmp_path, capsys, monkeypatch):
     outcome = run_main(tmp_path, {}, ["--tune", "0"], capsys, monkeypatch)
     assert_clean_bad_input(outcome, "--tune 0")
+    outcome = run_main(tmp_path, {}, ["--tune", "2", "--tuned", "t.yaml"], capsys, monkeypatch)
+    assert_clean_bad_input(outcome, "--tuned")
     with pytest.raises(BenchInputError, match="nope.yaml"):
         parse_grid({**_grid(tmp_path / "nope.yaml")})
 
@@ -351,11 +358,29 @@ def test_objectives_score_as_declared():
                        references=retrain) is None
 
 
-def test_committed_quick_tuned_file_fits_the_quick_grid():
-    from bench.harness.builtin_grids import BUILTIN_GRIDS
+@pytest.mark.parametrize("grid_name", ["quick", "all-methods"])
+def test_built_in_grids_run_their_committed_tuned_files(grid_name):
+    from bench.harness.builtin_grids import BUILTIN_GRIDS, tuned_file
+    from bench.harness.grid import load_grid
+    from bench.harness.versions import code_version
+    from bench.tuning.tuned_file import TunedFile, read_tuned
+    from bench.tuning.tuner import tuning_space
+    from methods import get_method
 
-    path = REPO / "bench" / "harness" / "tuned" / "quick.yaml"
-    exp = parse_grid({**BUILTIN_GRIDS["quick"], "tuned": str(path)}).experiments[0]
-    for label in ("finetune", "fast_effective", "bad_teaching", "pbu"):
-        assert "tuned" in exp.param_sources[label].values(), label
-    assert set(exp.param_sources["retrain"].values()) <= {"default"}
+    assert BUILTIN_GRIDS[grid_name]["tuned"] == tuned_file(grid_name)
+    grid = load_grid(grid_name)
+    doc = TunedFile.model_validate(read_tuned(tuned_file(grid_name)))
+    entries = doc.lookup()
+    exp = grid.experiments[0]
+    for spec in grid.methods:
+        entry = entries.get((spec.label, exp.dataset, exp.arch))
+        # Every method with something to tune has an entry; the others have none.
+        assert (entry is not None) == bool(tuning_space(spec)), spec.label
+        if entry is None:
+            continue
+        # Made by the method's current code with one budget for all, and in use.
+        assert entry.code_version == code_version(get_method(spec.method)), spec.label
+        assert entry.budget == doc.entries[0].budget and entry.trials_completed == entry.budget
+        assert {k: exp.params[spec.label][k] for k in entry.params} == entry.params
+        assert set(entry.params) <= {k for k, v in exp.param_sources[spec.label].items()
+                                     if v == "tuned"}

@@ -82,13 +82,16 @@ def grid_cells(grid: Grid, contexts: dict[int, Context] | None = None) -> list[C
     cells = []
     for index, exp in enumerate(grid.experiments):
         context = (contexts or {}).get(index, Context())
+        specs = [spec for spec in grid.methods if exp.runs(spec.label)]
+        if not specs:
+            continue  # narrowed to methods this experiment does not run: not even originals
         for classes in exp.forget_classes:
-            for seed in grid.seeds:
+            for seed in exp.seeds(grid.seeds):
                 scores = seed < (grid.shadows or 0)
                 cells.append(Cell(experiment=exp, forget_classes=classes, label="original",
                                   method="original", seed=seed, context=context,
                                   shadow_scores=scores))
-                for spec in grid.methods:
+                for spec in specs:
                     cells.append(Cell(experiment=exp, forget_classes=classes, label=spec.label,
                                       method=spec.method, seed=seed,
                                       params=exp.params[spec.label], context=context,

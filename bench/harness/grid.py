@@ -17,17 +17,8 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    NonNegativeInt,
-    PositiveInt,
-    ValidationError,
-    create_model,
-)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      NonNegativeInt, PositiveInt, ValidationError, create_model)
 
 from bench.data import dataset_info
 from bench.errors import BenchInputError
@@ -110,6 +101,11 @@ class ExperimentSchema(_Strict):
     train_per_class: Count | None = None
     test_per_class: Count | None = None
     pretrained: Literal["imagenet"] | None = None   # start from torchvision's weights
+    # To size a costly architecture for a small machine: only these of the grid's methods,
+    # its first max_seeds seeds and tune_trials --tune trials a method (the same for all).
+    methods: Annotated[list[Name], AfterValidator(_unique)] | None = None
+    max_seeds: Count | None = None
+    tune_trials: Count | None = None
 
 
 class GridSchema(_Strict):
@@ -149,6 +145,15 @@ class Experiment:
     # Tuning's view: this fraction of each class's training samples is the evaluation split
     # and the test split is never read (bench.data.validation_view); None for every grid cell.
     validation: float | None = None
+    methods: tuple[str, ...] | None = None   # the grid's labels run here; None: all
+    max_seeds: int | None = None   # only the first max_seeds of the grid's seeds; None: all
+    tune_trials: int | None = None   # a cap on --tune's trials per method; None: none
+
+    def runs(self, label: str) -> bool:
+        return self.methods is None or label in self.methods
+
+    def seeds(self, grid_seeds: tuple[int, ...]) -> tuple[int, ...]:
+        return grid_seeds[:self.max_seeds]
 
     @property
     def data_spec(self) -> dict[str, Any]:
@@ -254,7 +259,8 @@ def _method_params(method: str, overrides: Any, *, where: str, path: str) -> dic
 
 
 def _resolved(spec: MethodSpec, *, grid_params: dict[str, Any],
-              tuned: tuned_file.TunedEntry | None, where: str, path: str) -> tuple[dict[str, Any], dict[str, str]]:
+              tuned: tuned_file.TunedEntry | None, where: str, path: str
+              ) -> tuple[dict[str, Any], dict[str, str]]:
     """A label's full hyperparameters and each one's source (default < grid < tuned; a
     variant's own params are never replaced)."""
     if tuned is not None and tuned.registered_method != spec.method:
@@ -262,6 +268,8 @@ def _resolved(spec: MethodSpec, *, grid_params: dict[str, Any],
                        f"the tuned file's entry for {spec.label!r} was made for method "
                        f"{tuned.registered_method!r}, but this grid's {spec.label!r} is "
                        f"method {spec.method!r}")
+    # The grid's own values must be valid even where a tuned value replaces them.
+    _method_params(spec.method, grid_params, where=where, path=path)
     overrides, sources = tuned_file.resolve(grid=grid_params, pinned=set(spec.params),
                                             tuned=tuned)
     params = _method_params(spec.method, overrides, where=where, path=path)
@@ -286,6 +294,10 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
             raise _invalid(where, f"{path}.forget_classes[{i}]", list(classes),
                            "leaves no class to retain")
     labels = {m.label for m in methods}
+    for i, label in enumerate(raw.methods or []):
+        if label not in labels:
+            raise _invalid(where, f"{path}.methods[{i}]", label,
+                           f"not a method of this grid; methods: {', '.join(sorted(labels))}")
     for label, overrides in raw.method_params.items():
         if label in labels:
             continue
@@ -306,7 +318,9 @@ def _experiment(raw: ExperimentSchema, index: int, methods: tuple[MethodSpec, ..
                       param_sources={k: v[1] for k, v in resolved.items()},
                       split_seed=raw.split_seed,
                       train_per_class=raw.train_per_class, test_per_class=raw.test_per_class,
-                      pretrained=raw.pretrained)
+                      pretrained=raw.pretrained,
+                      methods=None if raw.methods is None else tuple(raw.methods),
+                      max_seeds=raw.max_seeds, tune_trials=raw.tune_trials)
 
 
 def _method_spec(entry: str | MethodEntry, index: int, *, where: str) -> MethodSpec:
@@ -355,11 +369,13 @@ def parse_grid(raw: Any, *, where: str = "grid") -> Grid:
         if label == "original" or labels.index(label) != i:
             raise _invalid(where, f"methods[{i}]", label,
                            "method labels must be unique and not 'original'")
-    seeds = (tuple(range(schema.seeds)) if isinstance(schema.seeds, int)
-             else tuple(schema.seeds))
+    seeds = tuple(range(schema.seeds)) if isinstance(schema.seeds, int) else tuple(schema.seeds)
     if schema.shadows:
         # The shadow models are the grid's own cells at seeds 0..K-1, retrained ones included.
         seeds = tuple(sorted(set(seeds) | set(range(schema.shadows))))
+        for i in (i for i, e in enumerate(schema.experiments) if e.max_seeds is not None):
+            raise _invalid(where, f"experiments[{i}].max_seeds", schema.experiments[i].max_seeds,
+                           "cannot be combined with shadows (they need seeds 0..K-1 everywhere)")
         if "retrain" not in labels:
             methods += (MethodSpec(label="retrain", method="retrain", params={}),)
     tuned = _tuned_entries(schema.tuned, where=where)

@@ -11,12 +11,13 @@ from methods import list_methods
 
 def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int | None = None,
            classes: list[list[int]] | None = None, tuned: str | None = None,
-           shadows: int | None = None) -> Any:
+           untuned: bool = False, shadows: int | None = None) -> Any:
     """Apply ``--methods``/``--seeds``/``--classes``/``--tuned``/``--shadows`` to the raw grid,
     before it is parsed.
 
     A method outside the grid is added with its defaults; ``classes`` replaces every
-    experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]).
+    experiment's forget-class sets (``2,6`` -> [[2], [6]]; ``2+6`` -> [[2, 6]]); ``untuned``
+    drops the grid's tuned file (``--tune`` starts from the grid's own settings).
     """
     if not isinstance(raw, dict):
         return raw  # the parser reports it
@@ -33,10 +34,17 @@ def narrow(raw: Any, *, methods: list[str] | None = None, seeds: list[int] | int
             if isinstance(exp, dict) and isinstance(exp.get("method_params"), dict):
                 exp["method_params"] = {k: v for k, v in exp["method_params"].items()
                                         if k not in dropped}
+            if isinstance(exp, dict) and isinstance(exp.get("methods"), list):
+                # An experiment that runs some of the grid's methods keeps those asked for;
+                # methods new to the grid join every experiment.
+                exp["methods"] = [m for m in methods
+                                  if m in exp["methods"] or m not in by_label]
     if seeds is not None:
         raw["seeds"] = seeds
     if tuned is not None:
         raw["tuned"] = tuned
+    if untuned:
+        raw.pop("tuned", None)
     if shadows is not None:
         raw["shadows"] = shadows
     if classes is not None and isinstance(raw.get("experiments"), list):

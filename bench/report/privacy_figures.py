@@ -96,8 +96,8 @@ def gap_frame(frame: pd.DataFrame) -> pd.DataFrame:
     retrained model of the same seed and forget set."""
     cell = [*PANEL, "forget_classes", "seed"]
     columns = ["acc_retain_test", "forget_mia_auc"]
-    reference = frame[frame["method"] == "retrain"].set_index(cell)[columns]
-    joined = frame.join(reference, on=cell, rsuffix="_retrain")
+    reference = frame.loc[frame["method"] == "retrain", [*cell, *columns]]
+    joined = frame.merge(reference, on=cell, how="left", suffixes=("", "_retrain"))
     joined["utility_gap"] = (joined["acc_retain_test"]
                              - joined["acc_retain_test_retrain"]).abs()
     joined["forgetting_gap"] = (joined["forget_mia_auc"]

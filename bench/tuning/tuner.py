@@ -128,6 +128,8 @@ class ExperimentTuning:
 
     def __init__(self, grid: Grid, exp: Experiment, *, cfg: RunConfig,
                  settings: TuneSettings, store: TrialStore) -> None:
+        if exp.tune_trials is not None and exp.tune_trials < settings.trials:
+            settings = dataclasses.replace(settings, trials=exp.tune_trials)
         self.view = validation_experiment(exp)
         self.cfg, self.settings, self.store = cfg, settings, store
         self.objective: Objective = OBJECTIVES[settings.objective]
@@ -135,9 +137,10 @@ class ExperimentTuning:
         self.vgrid = Grid(name=f"{grid.name}.tuning", seeds=(self.seed,), methods=(),
                           experiments=(self.view,))
         self.context = experiment_contexts(self.vgrid, cfg)[0]
-        self.studies = [s for spec in grid.methods
+        specs = [spec for spec in grid.methods if exp.runs(spec.label)]
+        self.studies = [s for spec in specs
                         if (s := _new_study(spec, exp.params[spec.label], settings))]
-        self.skipped = [spec.label for spec in grid.methods if not tuning_space(spec)]
+        self.skipped = [spec.label for spec in specs if not tuning_space(spec)]
 
     @property
     def where(self) -> str:
@@ -173,9 +176,21 @@ class ExperimentTuning:
             for which, seconds in spread(train_original, [(first,)], self.cfg):
                 log.info("tuning: trained original %s (validation view) in %.1fs", which,
                          seconds)
-        run_cells(list(todo.values()), self.cfg, grid=self.vgrid, on_record=self.store.add)
+        done = 0
+
+        def on_record(record: dict[str, Any]) -> None:
+            nonlocal done
+            done += 1
+            self.store.add(record)
+            log.info("tuning %s: cell %d of %d this round (%s on %s%s, %.1fs)", self.where, done,
+                     len(todo), record["method"], record["forget_classes"],
+                     ", failed" if "error" in record else "", record.get("time_s", 0.0))
+
+        run_cells(list(todo.values()), self.cfg, grid=self.vgrid, on_record=on_record)
 
     def tune(self) -> list[TunedEntry]:
+        log.info("tuning %s: %d trials per method for %s", self.where, self.settings.trials,
+                 ", ".join(s.spec.label for s in self.studies) or "no method")
         if self.skipped:
             log.info("tuning %s: nothing to tune for %s", self.where, ", ".join(self.skipped))
         references = self.references()
