@@ -159,6 +159,26 @@ def test_forget_only_objective_needs_no_retraining(poisoned_digits, tmp_path, ca
         ("pbu", "forget-only", 1)]
 
 
+def test_each_architecture_is_tuned_on_its_own_cells(poisoned_digits, tmp_path, capsys,
+                                                     monkeypatch):
+    # Two experiments that differ only in the architecture have the same configuration
+    # hashes (the architecture is in a cell's key); a trial of one must never be served the
+    # other's record.
+    second = TUNE_GRID.split("experiments:\n")[1].replace("arch: smallcnn", "arch: allcnn")
+    capped = (TUNE_GRID + second).replace("train: {epochs: 3}",
+                                          "train: {epochs: 3}\n    tune_trials: 1")
+    (tmp_path / "tune.yaml").write_text(capped)
+    code, out = _tune(tmp_path, capsys, monkeypatch, "--methods", "pbu", "--tune-objective",
+                      "forget-only")
+    assert code == 0, out
+    trials = tmp_path / "results" / "tune" / "tuning" / "trials.jsonl"
+    records = [json.loads(line) for line in trials.read_text().splitlines()]
+    assert sorted((r["arch"], r["forget_classes"]) for r in records) == [
+        ("allcnn", "2"), ("allcnn", "6"), ("smallcnn", "2"), ("smallcnn", "6")]
+    doc = yaml.safe_load((tmp_path / "results" / "tune" / "tuned.yaml").read_text())
+    assert sorted(e["arch"] for e in doc["entries"]) == ["allcnn", "smallcnn"]
+
+
 # ---------------------------------------------------------------- the validation view
 
 

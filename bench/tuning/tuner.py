@@ -60,12 +60,15 @@ class TuneSettings:
 
 def identity(cell: Cell) -> str:
     """What makes a trial cell's result: its configuration hash (settings, code, data, threads)
-    with the forget set and seed, which the hash leaves to the cell's key."""
-    return f"{cell.classes_text}/{cell.seed}/{cell.config_hash}"
+    with the architecture, forget set and seed, which the hash leaves to the cell's key (the
+    trial's label is not part of it: a setting asked twice is computed once)."""
+    return f"{cell.experiment.arch}/{cell.classes_text}/{cell.seed}/{cell.config_hash}"
 
 
-def _record_identity(record: dict[str, Any]) -> str:
-    return f"{record['forget_classes']}/{record['seed']}/{record['config_hash']}"
+def record_identity(record: dict[str, Any]) -> str:
+    """``identity`` of the cell that made ``record``."""
+    return (f"{record['arch']}/{record['forget_classes']}/{record['seed']}/"
+            f"{record['config_hash']}")
 
 
 class TrialStore:
@@ -76,12 +79,12 @@ class TrialStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(path)
-        self.records = {_record_identity(r): r for r in read_records(path)}
+        self.records = {record_identity(r): r for r in read_records(path)}
         self.computed = 0
 
     def add(self, record: dict[str, Any]) -> None:
         append_record(self.path, record)
-        self.records[_record_identity(record)] = record
+        self.records[record_identity(record)] = record
         self.computed += 1
 
 
