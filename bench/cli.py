@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-methods", action="store_true", help="list registered methods and exit")
     p.add_argument("--render-only", action="store_true",
                    help="re-render tables and figures from stored records")
+    p.add_argument("--prune-stale", action="store_true",
+                   help="with --render-only: first remove the records that rendering skips "
+                        "(other configuration, code or data; older duplicates) from runs.jsonl")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -251,6 +254,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise BenchInputError("--tune cannot be combined with --dry-run, --render-only or "
                               "--tuned (tuning starts from the grid's own settings and ignores "
                               "its tuned file)")
+    if args.prune_stale and not args.render_only:
+        raise BenchInputError("--prune-stale works with --render-only only (a run keeps every "
+                              "record it finds)")
     if args.tune_seed < 0:
         raise BenchInputError(f"--tune-seed {args.tune_seed}: must be at least 0")
 
@@ -260,7 +266,9 @@ def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
     that records made from other data are left out."""
     from bench.harness import execute
     from bench.harness import grid as grids
+    from bench.harness.cells import prune_stale, runs_path
     from bench.harness.config import RunConfig
+    from bench.harness.lock import grid_lock
     from bench.report import render
 
     grid = grids.load_grid(args.grid, tuned=args.tuned, shadows=args.shadows)
@@ -271,6 +279,10 @@ def _render_only(args: argparse.Namespace, data_root: str | None) -> int:
     except BenchInputError as exc:
         log.warning("%s; records are matched on configuration and code only", exc)
         contexts = None
+    if args.prune_stale:
+        path = runs_path(args.results_dir, grid.name)
+        with grid_lock(args.results_dir / grid.name):
+            print(f"removed {prune_stale(grid, path, contexts)} stale record(s) from {path}")
     written = render.render(grid, results_dir=args.results_dir, plots_dir=args.plots_dir,
                             contexts=contexts)
     log.info("rendered %d files", len(written))

@@ -16,7 +16,7 @@ import torch
 
 from bench import cli
 from bench.harness.cache import ModelCache
-from bench.harness.store import append_record, read_records
+from bench.harness.store import append_record, record_line, read_records
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -339,6 +339,29 @@ def test_render_only_skips_stale_records_and_says_so(tmp_path, monkeypatch, capl
     assert any("skipped 1 stale record" in m for m in caplog.messages)
     summary = (tmp_path / "results" / "tiny" / "summary.csv").read_text()
     assert "-1.0" not in summary
+
+
+def test_prune_stale_keeps_exactly_the_records_rendering_uses(tmp_path, monkeypatch, capsys):
+    _grid(tmp_path)
+    assert _run(tmp_path, "--grid", "grid.yaml", "--jobs", "1", monkeypatch=monkeypatch) == 0
+    runs = tmp_path / "results" / "tiny" / "runs.jsonl"
+    current = runs.read_text()
+    first = _records(tmp_path)[0]
+    append_record(runs, {**first, "config_hash": "made-by-other-code"})
+    append_record(runs, {**first, "acc_retain_test": -2.0})   # a newer record of the same cell
+    assert _run(tmp_path, "--grid", "grid.yaml", "--prune-stale", monkeypatch=monkeypatch) == 2
+    assert "--render-only" in capsys.readouterr().err
+    assert _run(tmp_path, "--grid", "grid.yaml", "--render-only", "--prune-stale",
+                monkeypatch=monkeypatch) == 0
+    assert "removed 2 stale record(s)" in capsys.readouterr().out
+    # The older duplicate goes; the newest record of each cell stays, in stored order.
+    assert runs.read_text() == "".join(current.splitlines(keepends=True)[1:]) + record_line(
+        {**first, "acc_retain_test": -2.0})
+    pruned = runs.read_text()
+    assert _run(tmp_path, "--grid", "grid.yaml", "--render-only", "--prune-stale",
+                monkeypatch=monkeypatch) == 0
+    assert "removed 0 stale record(s)" in capsys.readouterr().out
+    assert runs.read_text() == pruned
 
 
 def test_a_plugin_runtime_fault_stays_a_cell_error(tmp_path, monkeypatch, clean_registry):

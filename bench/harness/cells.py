@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.harness.cache import content_key
 from bench.harness.grid import Experiment, Grid
-from bench.harness.store import read_records
+from bench.harness.store import read_records, record_line, write_atomic
 from bench.harness.versions import code_version, training_code_version
 from bench.metrics.shadows import SHADOW_FIELD
 from methods import get_method
@@ -138,6 +138,18 @@ def current_records(grid: Grid, records: list[dict[str, Any]],
         else:
             stale += 1
     return current, stale
+
+
+def prune_stale(grid: Grid, path: Path, contexts: dict[int, Context] | None = None) -> int:
+    """Rewrite the records file ``path`` with only the grid's current records (the latest of
+    each cell, in their stored order), in one atomic step; returns how many were removed. The
+    caller holds the grid's lock."""
+    records = list(read_records(path))
+    current, stale = current_records(grid, records, contexts)
+    if stale:
+        kept = [r for r in records if current.get(r["cell"]) is r]
+        write_atomic(path, "".join(map(record_line, kept)))
+    return stale
 
 
 def pending_cells(grid: Grid, results_dir: Path, contexts: dict[int, Context] | None = None

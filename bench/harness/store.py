@@ -44,10 +44,15 @@ def repair_tail(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def record_line(record: dict[str, Any]) -> str:
+    """A record as its line in a records file."""
+    return json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Write one record as one line with a single write, then flush and fsync it. A short write
     (a full disk) is undone, so the file never ends in a partial line."""
-    line = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode()
+    line = record_line(record).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
