@@ -91,6 +91,7 @@ BUILTIN_GRIDS["fashion"] = {
     "experiments": [_fashion_experiment("smallcnn"),
                     {**_fashion_experiment("resnet18"), "max_seeds": 1, "tune_trials": 2,
                      "methods": [*PAPER_METHODS, *REFERENCE_METHODS]}],
+    "tuned": tuned_file("fashion"),
 }
 
 BUILTIN_GRIDS["pbu-ablation"] = {
