@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from helpers import PAPER_METHODS
 
-from bench.harness.cells import grid_cells
+from bench.harness.cells import current_records, grid_cells
 from bench.harness.grid import Grid, parse_grid
 from bench.harness.store import append_record
 from bench.metrics import EXTENDED_METRICS, METRIC_NAMES
@@ -177,6 +177,22 @@ def test_render_leaves_out_stale_records(tmp_path):
     summary = pd.read_csv(results / "g" / "summary.csv")
     assert summary["acc_forget_test_mean"].max() < 1e3
     assert set(summary["n_seeds"]) == {2}
+
+
+def test_a_method_the_grid_runs_is_judged_by_the_grid_cells_alone():
+    """Records of the grid's methods at seeds it no longer runs, made under another setting,
+    were once judged by their own params and averaged with the current setting's."""
+    grid = _render_grid()
+    wider = parse_grid({"name": "g", "seeds": [0, 1, 2], "methods": ["pbu"],
+                        "experiments": [{"dataset": "digits", "arch": "smallcnn",
+                                         "forget_classes": [[2], [2, 6]],
+                                         "method_params": {"pbu": {"lr": 3e-4}}}]})
+    records = [{**_current_record(c), "params": dict(c.params), "registered_method": c.method}
+               for c in grid_cells(wider)]
+    current, stale = current_records(grid, records)
+    # Only the originals of seeds 0 and 1 are the grid's own cells as it states them now.
+    assert sorted(current) == sorted(c.key for c in grid_cells(grid) if c.label == "original")
+    assert stale == len(records) - 4
 
 
 def test_render_without_records_writes_nothing(tmp_path):

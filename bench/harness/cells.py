@@ -126,12 +126,20 @@ def current_records(grid: Grid, records: list[dict[str, Any]],
                     contexts: dict[int, Context] | None = None
                     ) -> tuple[dict[str, dict[str, Any]], int]:
     """({cell key: its latest current record}, how many other records were skipped as stale:
-    made by another configuration, other code or other data, or by an unregistered method)."""
+    made by another configuration, other code or other data, by an unregistered method, or
+    outside the grid's cells for a method the grid runs)."""
     by_key = {c.key: c for c in grid_cells(grid, contexts)}
+    # A method the grid runs is judged by the grid's own cells: a record of another seed or
+    # forget set was made under settings the grid no longer states (another max_seeds, an
+    # older tuned file), and judging it by its own params would mix configurations in a mean.
+    runs = {(c.experiment.dataset, c.experiment.arch, c.label) for c in by_key.values()}
     current: dict[str, dict[str, Any]] = {}
     stale = 0
     for record in records:
-        cell = by_key.get(record["cell"]) or _cell_of_record(record, grid, contexts)
+        cell = by_key.get(record["cell"])
+        if cell is None and (record.get("dataset"), record.get("arch"),
+                             record.get("method")) not in runs:
+            cell = _cell_of_record(record, grid, contexts)
         if cell is not None and cell.is_current(record):
             stale += record["cell"] in current  # an older duplicate of the same cell
             current[record["cell"]] = record

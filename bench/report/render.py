@@ -33,7 +33,8 @@ def render(grid: Grid, *, results_dir: Path, plots_dir: Path,
     current, stale = current_records(grid, list(read_records(out / "runs.jsonl")), contexts)
     if stale:
         log.warning("%s: skipped %d stale record(s), made by another configuration, other "
-                    "code or other data (or by a method that is not registered now)",
+                    "code or other data, outside the grid's cells, or by a method that is "
+                    "not registered now",
                     out / "runs.jsonl", stale)
     records = list(current.values())
     frame = records_frame(records)
