@@ -129,9 +129,9 @@ def current_records(grid: Grid, records: list[dict[str, Any]],
     made by another configuration, other code or other data, by an unregistered method, or
     outside the grid's cells for a method the grid runs)."""
     by_key = {c.key: c for c in grid_cells(grid, contexts)}
-    # A method the grid runs is judged by the grid's own cells: a record of another seed or
-    # forget set was made under settings the grid no longer states (another max_seeds, an
-    # older tuned file), and judging it by its own params would mix configurations in a mean.
+    # A method the grid runs is judged by the grid's own cells: a record at a seed or forget
+    # set outside them (from before a max_seeds, say) has no cell to compare with, and judged
+    # by its own params it would bring an older configuration into a mean.
     runs = {(c.experiment.dataset, c.experiment.arch, c.label) for c in by_key.values()}
     current: dict[str, dict[str, Any]] = {}
     stale = 0
