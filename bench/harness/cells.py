@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.cache import content_key
-from bench.harness.grid import Experiment, Grid
+from bench.harness.grid import Experiment, Grid, MethodSpec
 from bench.harness.store import read_records, record_line, write_atomic
 from bench.harness.versions import code_version, training_code_version
 from bench.metrics.shadows import SHADOW_FIELD
@@ -77,12 +77,16 @@ class Cell:
                 and record.get("config_hash") == self.config_hash_for(fingerprint))
 
 
+def _specs_run(grid: Grid, exp: Experiment) -> list[MethodSpec]:
+    return [spec for spec in grid.methods if exp.runs(spec.label)]
+
+
 def grid_cells(grid: Grid, contexts: dict[int, Context] | None = None) -> list[Cell]:
     """Every cell of ``grid``; ``contexts`` maps an experiment's index to its context."""
     cells = []
     for index, exp in enumerate(grid.experiments):
         context = (contexts or {}).get(index, Context())
-        specs = [spec for spec in grid.methods if exp.runs(spec.label)]
+        specs = _specs_run(grid, exp)
         if not specs:
             continue  # narrowed to methods this experiment does not run: not even originals
         for classes in exp.forget_classes:
@@ -106,13 +110,19 @@ def runs_path(results_dir: Path, grid_name: str) -> Path:
 def _cell_of_record(record: dict[str, Any], grid: Grid, contexts: dict[int, Context] | None
                     ) -> Cell | None:
     """The cell a record claims to be, rebuilt from it within the grid's experiment of the same
-    dataset and architecture: for methods the grid does not list (``--methods``, plugins)."""
+    dataset and architecture: for methods the grid does not list (``--methods``, plugins).
+    None for a method the experiment runs: the grid's own cells judge it, and a record of a
+    seed or forget set outside them (from before a max_seeds, say), judged by its own params,
+    would bring an older configuration into a mean."""
     method = record.get("registered_method")
     try:
         get_method(method)
         classes = tuple(int(c) for c in str(record["forget_classes"]).split("+"))
         for index, exp in enumerate(grid.experiments):
             if (exp.dataset, exp.arch) == (record.get("dataset"), record.get("arch")):
+                labels = {spec.label for spec in _specs_run(grid, exp)}
+                if record["method"] in (labels | {"original"} if labels else labels):
+                    return None
                 return Cell(experiment=exp, forget_classes=classes, label=record["method"],
                             method=method, seed=int(record["seed"]),
                             params=dict(record.get("params") or {}),
@@ -129,17 +139,10 @@ def current_records(grid: Grid, records: list[dict[str, Any]],
     made by another configuration, other code or other data, by an unregistered method, or
     outside the grid's cells for a method the grid runs)."""
     by_key = {c.key: c for c in grid_cells(grid, contexts)}
-    # A method the grid runs is judged by the grid's own cells: a record at a seed or forget
-    # set outside them (from before a max_seeds, say) has no cell to compare with, and judged
-    # by its own params it would bring an older configuration into a mean.
-    runs = {(c.experiment.dataset, c.experiment.arch, c.label) for c in by_key.values()}
     current: dict[str, dict[str, Any]] = {}
     stale = 0
     for record in records:
-        cell = by_key.get(record["cell"])
-        if cell is None and (record.get("dataset"), record.get("arch"),
-                             record.get("method")) not in runs:
-            cell = _cell_of_record(record, grid, contexts)
+        cell = by_key.get(record["cell"]) or _cell_of_record(record, grid, contexts)
         if cell is not None and cell.is_current(record):
             stale += record["cell"] in current  # an older duplicate of the same cell
             current[record["cell"]] = record
