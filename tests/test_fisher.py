@@ -371,6 +371,23 @@ def test_chunks_larger_than_a_forward_pass() -> None:
     assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-10
 
 
+def test_small_loader_batches_are_joined_into_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 3 are joined into forward passes of the chunk size, every sample counted once."""
+    model, x, y = small_case("mlp", n=70)
+    seen: list[int] = []
+    run_chunk = fisher._accumulate_chunk
+
+    def counting(model: nn.Module, recorder: object, xs: torch.Tensor, *args: object,
+                 **kwargs: object) -> float:
+        seen.append(len(xs))
+        return run_chunk(model, recorder, xs, *args, **kwargs)
+
+    monkeypatch.setattr(fisher, "_accumulate_chunk", counting)
+    ours = diagonal_fisher(model, batches(x, y, 3))
+    assert sum(seen) == 70 and max(seen) > 3 and all(size > 3 for size in seen[:-1])
+    assert relative_error(ours, reference_fisher(model, x, y, kind="exact")) < 1e-10
+
+
 @pytest.mark.parametrize("form", ["convolution", "direct", "pairwise"])
 def test_channels_last_models_give_the_same_fisher(form: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,20 +150,39 @@ def _run(model: nn.Module, loader: Iterable, *, params: dict[str, nn.Parameter],
             for name, p in params.items()}
     count, chunk = 0, _CHUNK
     with _Recorder(model, params, slow) as recorder:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            start = 0
-            while start < len(x):
-                xs, ys = x[start:start + chunk], y[start:start + chunk]
-                per_sample = _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow,
-                                               kind=kind, mc_samples=mc_samples,
-                                               generator=generator)
-                start += len(xs)
-                count += len(xs)
-                chunk = _chunk_size(per_sample)
+        for xs, ys in _chunks(loader, device, lambda: chunk):
+            per_sample = _accumulate_chunk(model, recorder, xs, ys, sums=sums, slow=slow,
+                                           kind=kind, mc_samples=mc_samples,
+                                           generator=generator)
+            count += len(xs)
+            chunk = _chunk_size(per_sample)
     if count == 0:
         raise ValueError("cannot compute a Fisher over an empty loader")
     return {name: total / count for name, total in sums.items()}
+
+
+def _chunks(loader: Iterable, device: torch.device, size: Callable[[], int]
+            ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's samples regrouped into chunks of ``size()`` samples (the last may be short).
+
+    Small loader batches are joined: each backward pass then runs on wider matrices, which
+    matters most on small feature maps (PBU's ResNet-18 on 28x28 inputs: the backward
+    passes take about 10 % less time per sample in chunks of 128 than of 64, 30 % than of 32).
+    """
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    held = 0
+    for x, y in loader:
+        pending.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+        held += len(x)
+        while held >= size():
+            xs = torch.cat([x for x, _ in pending]) if len(pending) > 1 else pending[0][0]
+            ys = torch.cat([y for _, y in pending]) if len(pending) > 1 else pending[0][1]
+            take = size()
+            yield xs[:take], ys[:take]
+            pending = [(xs[take:], ys[take:])] if len(xs) > take else []
+            held = len(xs) - take
+    if held:
+        yield (torch.cat([x for x, _ in pending]), torch.cat([y for _, y in pending]))
 
 
 def _chunk_size(per_sample: float) -> int:
@@ -619,38 +638,62 @@ class _AffineLayer(_Layer):
 
         Taps reading padding at some positions (every border tap of a small feature map)
         only need pairs of their real positions: on a 4x4 map with a 3x3 kernel that halves
-        the work. Both operands are laid out (group, row, pair, sample) so that the
-        contraction over (pair, sample) reads contiguous memory without transposing copies.
+        the work. Pairs are taken by offset d along a tap group's real positions, (i, i + d),
+        so the input products are slices multiplied straight into the operand (one pass;
+        gathering both factors costs three). Both operands are laid out (group, row, pair,
+        sample) so that the contraction over (pair, sample) reads contiguous memory, and K's
+        pairs are gathered as whole rows of samples (a gather along an inner axis is slower).
         """
         n, groups, d_in, positions = self.features.shape
         taps = self.valid.shape[0]
         channels = d_in // taps
-        # K[g, i, p, q, n] = sum_k g_kp g_kq: one batched matmul over the stacked vectors.
         stacked = torch.stack(self.grads, dim=-1)                         # (N, G, D_out, P, r)
+        self.grads = []
         d_out = stacked.shape[2]
-        outer = torch.matmul(stacked, stacked.transpose(-1, -2)).permute(1, 2, 3, 4, 0)
-        outer = outer.reshape(groups, d_out, positions * positions, n)
-        # U[g, tap, c, p, n]; the weight's (c, tap) column order is restored at the end.
-        columns = self.features.view(n, groups, channels, taps, positions) \
-            .permute(1, 3, 2, 4, 0).contiguous()
-        total = outer.new_zeros(groups, d_out, channels, taps)
-        for tap_ids, real in _tap_groups(self.valid):
-            first, second = real[torch.triu_indices(len(real), len(real), device=real.device)]
-            # Off-diagonal pairs stand for both (p, q) and (q, p).
-            weights = torch.where(first == second, 1.0, 2.0).to(columns.dtype)[:, None]
-            selected = columns.index_select(1, tap_ids)               # (G, t, C, P, N)
-            width = len(tap_ids) * channels
-            block = max(1, _OPERAND_ELEMENTS // (groups * width * len(first)))
-            part = None
-            for s in range(0, n, block):
-                u = selected[..., s:s + block]
-                products = u.index_select(3, first) * (u.index_select(3, second) * weights)
-                left = outer[..., s:s + block].index_select(2, first * positions + second)
-                part = _add(part, _contract(left.reshape(groups, d_out, -1),
-                                            products.reshape(groups, width, -1)))
-            for i, tap in enumerate(tap_ids.tolist()):
-                total[..., tap] = part.view(groups, d_out, -1, channels)[:, :, i]
+        plans = [(tap_ids, real, *_pairs_by_offset(real))
+                 for tap_ids, real in _tap_groups(self.valid)]
+        widest = max((len(t) * channels, len(first)) for t, _, first, _ in plans)
+        block = max(1, _OPERAND_ELEMENTS // (groups * max(widest[0], d_out) * widest[1]))
+        rows = torch.arange(groups * d_out, device=stacked.device)[:, None] * positions ** 2
+        total = stacked.new_zeros(groups, d_out, channels, taps)
+        for s in range(0, n, block):
+            # K[g, i, p, q, n] = sum_k g_kp g_kq: one batched matmul over the stacked vectors,
+            # then samples moved innermost by a 2-D transpose (much faster than a 5-D permute).
+            part = stacked[s:s + block]
+            width_n = len(part)
+            outer = torch.matmul(part, part.transpose(-1, -2)).view(width_n, -1).t().contiguous()
+            # U[g, c, tap, p, n]: the weight's (c, tap) column order, samples innermost.
+            columns = self.features[s:s + block].reshape(width_n, -1).t().contiguous() \
+                .view(groups, channels, taps, positions, width_n)
+            for tap_ids, real, first, second in plans:
+                length, pairs = len(real), len(first)
+                selected = columns[:, :, tap_ids[0]:tap_ids[0] + 1] if len(tap_ids) == 1 \
+                    else columns.index_select(2, tap_ids)              # (G, C, t, P, n)
+                if length < positions:
+                    selected = selected.index_select(3, real)
+                width = len(tap_ids) * channels
+                u = selected.reshape(groups, width, length, width_n)
+                right = u.new_empty(groups, width, pairs, width_n)
+                start = 0
+                for offset in range(length):
+                    torch.mul(u[:, :, :length - offset], u[:, :, offset:],
+                              out=right[:, :, start:start + length - offset])
+                    start += length - offset
+                left = outer.index_select(0, (rows + first * positions + second).flatten())
+                left = left.view(groups, d_out, pairs, width_n)
+                # Pairs at offset 0 (p = q) count once, the others for (p, q) and (q, p).
+                left[:, :, length:] *= 2
+                product = _contract(left.view(groups, d_out, -1), right.view(groups, width, -1))
+                total.index_add_(3, tap_ids, product.view(groups, d_out, channels, len(tap_ids)))
         return total
+
+
+def _pairs_by_offset(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, q) over ``real`` positions, p <= q, ordered by offset d: (real[i], real[i + d])."""
+    length = len(real)
+    ids = [(i, i + d) for d in range(length) for i in range(length - d)]
+    index = torch.tensor(ids, device=real.device).T
+    return real[index[0]], real[index[1]]
 
 
 def _form_costs(d_out: int, d_in: int, positions: int, pairs: float, rank: int,
