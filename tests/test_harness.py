@@ -1,6 +1,7 @@
 """The harness hands a method exactly the data its ``needs`` declares, and nothing else."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import ClassVar
 
@@ -214,3 +215,24 @@ def test_unlearn_works_on_a_copy_of_the_original(unit_grid, run_cfg, original, c
     assert Vandal.received[0] is not original
     assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
     assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+
+
+def test_record_says_when_the_cell_finished(unit_grid, run_cfg, original, clean_registry):
+    """``finished_at`` is stamped after the method ran, not when the cell started."""
+    from datetime import datetime, timezone
+
+    @register_method("spy_sleeper")
+    class Sleeper(UnlearningMethod):
+        needs = frozenset({"forget"})
+
+        def unlearn(self, model, task):
+            time.sleep(2.5)
+            return model
+
+    cell = Cell(experiment=unit_grid.experiments[0], forget_classes=(2,),
+                label="spy_sleeper", method="spy_sleeper", seed=0)
+    started = datetime.now(timezone.utc).replace(microsecond=0)  # as coarse as the record's
+    record = execute.run_cell(cell, run_cfg, curves=False)
+    assert "error" not in record, record.get("traceback")
+    finished = datetime.fromisoformat(record["finished_at"])
+    assert (finished - started).total_seconds() >= 2

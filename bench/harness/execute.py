@@ -44,7 +44,7 @@ from bench.harness.cells import (
 from bench.harness.config import RunConfig
 from bench.harness.grid import Experiment, Grid
 from bench.harness.parallel import WORKER_DEATHS, run_isolated, spread
-from bench.harness.provenance import provenance
+from bench.harness.provenance import finished_now, provenance
 from bench.harness.store import append_record, repair_tail
 from bench.metrics import accuracy, paper_metrics, predict_logits, split_logits
 from bench.metrics.extended import CellInputs, extended_metrics
@@ -216,6 +216,14 @@ def _record_base(cell: Cell, cfg: RunConfig) -> dict[str, Any]:
 
 def run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None = None
              ) -> dict[str, Any]:
+    """``_run_cell``'s record, stamped when the cell finished (its other provenance is taken
+    when the cell starts)."""
+    record = _run_cell(cell, cfg, curves=curves, markers=markers)
+    return {**record, "finished_at": finished_now()}
+
+
+def _run_cell(cell: Cell, cfg: RunConfig, *, curves: bool, markers: Path | None = None
+              ) -> dict[str, Any]:
     """One cell end to end; failures come back as an error record instead of raising.
 
     While it runs, a marker file under ``markers`` names the cell, so that the parent can tell

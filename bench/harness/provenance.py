@@ -22,12 +22,16 @@ def git_commit(repo: Path) -> str:
         return "unknown"
 
 
+def finished_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(*, device: str, commit: str) -> dict[str, Any]:
     import sklearn
     import torchvision
 
     return {"device": device, "git_commit": commit, "host": platform.node(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": finished_now(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__,
                          "scikit-learn": sklearn.__version__}}
