@@ -121,7 +121,7 @@ def _cell_of_record(record: dict[str, Any], grid: Grid, contexts: dict[int, Cont
         for index, exp in enumerate(grid.experiments):
             if (exp.dataset, exp.arch) == (record.get("dataset"), record.get("arch")):
                 labels = {spec.label for spec in _specs_run(grid, exp)}
-                if record["method"] in (labels | {"original"} if labels else labels):
+                if labels and record["method"] in labels | {"original"}:
                     return None
                 return Cell(experiment=exp, forget_classes=classes, label=record["method"],
                             method=method, seed=int(record["seed"]),
